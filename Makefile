@@ -1,0 +1,38 @@
+# Two commands are the contract: `make demo` and `make test`.
+# Both create .venv on first use and install the package into it.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test notebooks evidence bench lint clean
+
+$(STAMP): pyproject.toml
+	@echo ">> creating the virtual environment in $(VENV) (with $(PYTHON))"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo ">> installing forgetting_sam and its dev tools into $(VENV) (torch is the big one)"
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	@echo ">> registering the notebook kernel"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@echo ">> running the quickstart: SGD, SAM, ASAM, GSAM and OBF on scikit-learn's digits"
+	$(BIN)/forgetting-sam demo
+
+test: $(STAMP)
+	@echo ">> running the whole test suite, notebooks included"
+	$(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+notebooks: $(STAMP)
+	@echo ">> opening JupyterLab in $(VENV)"
+	$(BIN)/jupyter lab notebooks
+
+lint: $(STAMP)
+	$(BIN)/ruff check forgetting_sam tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_step.py
+
+clean:
+	rm -rf $(VENV) results *.egg-info

@@ -1,0 +1,16 @@
+"""Floor 1: the perturb-then-descend mechanism, its parts and ``perturbed_step``.
+
+Depends on torch alone: copy this folder into a project and nothing else comes along.
+"""
+
+from .functional import ASAM_FORMS, DELTA, global_dot, global_norm, gsam_correct_, perturbation
+from .objectives import OBFLoss, obf_alpha, obf_loss
+from .perturbed import ASAM, GSAM, OBF, SAM, PerturbedOptimizer
+from .schedules import ProportionalRho
+from .step import StepResult, bn_stats_frozen, perturbed_step
+
+__all__ = [
+    "SAM", "ASAM", "GSAM", "OBF", "PerturbedOptimizer", "obf_loss", "OBFLoss", "obf_alpha",
+    "perturbed_step", "StepResult", "bn_stats_frozen", "ProportionalRho",
+    "global_norm", "global_dot", "perturbation", "gsam_correct_", "DELTA", "ASAM_FORMS",
+]

@@ -1,0 +1,169 @@
+"""The math of the perturb-then-descend step, as small functions over tensor lists.
+
+Each function treats a list of tensors (one per parameter) as one long vector, as
+ALGORITHMS.md does, without ever building the concatenation. They are the parts that
+:class:`~forgetting_sam.optim.PerturbedOptimizer` plugs together:
+
+* :func:`perturbation` — the direction ``ε = ρ · D(h, w)`` (SAM and ASAM, §2–§3),
+* :func:`gsam_correct_` — GSAM's correction of the descent gradient (§1 step 4, §4).
+
+They use multi-tensor (``torch._foreach_*``) kernels and allocate at most one
+parameter-sized buffer (the perturbation itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+#: δ in ALGORITHMS.md: the guard against dividing by a zero norm.
+DELTA = 1e-12
+
+#: The adaptive (ASAM) direction forms, see :func:`perturbation`.
+ASAM_FORMS = ("original", "before", "after")
+
+
+def _accumulation_dtype(tensors: Sequence[Tensor]) -> torch.dtype:
+    # float64 models (the tests) keep float64 norms; everything else reduces in float32,
+    # so bf16/fp16 parameters do not lose the norm to rounding.
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _stack(values: Sequence[Tensor], like: Sequence[Tensor]) -> Tensor:
+    dtype, device = _accumulation_dtype(like), like[0].device
+    return torch.stack([v.to(device=device, dtype=dtype) for v in values])
+
+
+def global_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """One L2 norm over a list of tensors, as if they were concatenated.
+
+    Args:
+        tensors: any shapes (gathered to the first tensor's device).
+    Returns:
+        0-d tensor, float32 (float64 if any input is float64); 0 for an empty list.
+
+    Example:
+        >>> global_norm([torch.ones(3), torch.ones(1)])
+        tensor(2.)
+    """
+    tensors = list(tensors)
+    if not tensors:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(_stack(torch._foreach_norm(tensors), tensors))
+
+
+def global_dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    """Inner product ``⟨a, b⟩`` of two tensor lists of matching shapes (0-d tensor).
+
+    Tensor by tensor with ``torch.vdot``, so no temporary parameter-sized copy is made.
+
+    Example:
+        >>> global_dot([torch.ones(2)], [torch.full((2,), 3.0)])
+        tensor(6.)
+    """
+    a, b = list(a), list(b)
+    if len(a) != len(b):
+        raise ValueError(f"global_dot needs lists of equal length, got {len(a)} and {len(b)}")
+    if not a:
+        return torch.zeros(())
+    return _stack([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)], a).sum()
+
+
+def perturbation(
+    params: Sequence[Sequence[Tensor]],
+    grads: Sequence[Sequence[Tensor]],
+    rho: Sequence[float],
+    adaptive: Sequence[bool],
+    eta: Sequence[float],
+    form: str = "original",
+) -> tuple[list[list[Tensor]], Tensor]:
+    """The perturbation ``ε = ρ · D(h, w)`` for several param groups at once.
+
+    Norms are global over all groups; each group has its own ``ρ``, ASAM switch and ``η``
+    (ALGORITHMS.md §1). With ``T = |w| + η`` on adaptive groups and ``T = 1`` elsewhere:
+
+    * ``form="original"`` (Kwon et al.): ``D = T² ⊙ h / (‖T ⊙ h‖ + δ)`` — SAM when no group
+      is adaptive: ``D = h / (‖h‖ + δ)``;
+    * ``"before"``: ``D = T ⊙ h / (‖T ⊙ h‖ + δ)``; ``"after"``: ``D = T ⊙ h / (‖h‖ + δ)``
+      (the two forms of the OBF authors' ASAM runs).
+
+    Args:
+        params, grads: per group, lists of same-shaped tensors (``w`` and ``h``).
+        rho, adaptive, eta: per group.
+        form: one of :data:`ASAM_FORMS`; only matters on adaptive groups.
+    Returns:
+        ``(eps, norm)``: ``eps`` per group as new tensors (the only allocation), and the
+        global denominator norm before ``δ`` (non-finite when ``h`` is).
+    """
+    if form not in ASAM_FORMS:
+        raise ValueError(f"Invalid adaptive_form: {form!r} (allowed: {', '.join(ASAM_FORMS)})")
+    bufs: list[list[Tensor] | None] = []
+    squares: list[Tensor] = []
+    for w, h, ada, e in zip(params, grads, adaptive, eta):
+        w, h = list(w), list(h)
+        if not h:
+            bufs.append([])
+            continue
+        if not ada:
+            # SAM group: the buffer is made below, already scaled (one pass instead of two).
+            bufs.append(None)
+            squares.append(global_norm(h) ** 2)
+            continue
+        buf = torch._foreach_abs(w)
+        if e:
+            torch._foreach_add_(buf, e)
+        if form == "original":
+            torch._foreach_mul_(buf, buf)  # T²
+            torch._foreach_mul_(buf, h)  # T² ⊙ h
+            squares.append(global_dot(buf, h))  # ‖T ⊙ h‖² = ⟨T² ⊙ h, h⟩, no extra copy
+        else:
+            torch._foreach_mul_(buf, h)  # T ⊙ h
+            squares.append(global_norm(h if form == "after" else buf) ** 2)
+        bufs.append(buf)
+    if not squares:
+        return [[] for _ in bufs], torch.zeros(())
+    norm = torch.sqrt(_stack(squares, squares).sum())
+    eps: list[list[Tensor]] = []
+    for buf, h, r in zip(bufs, grads, rho):
+        h = list(h)
+        if not h:
+            eps.append([])
+            continue
+        scale = (r / (norm + DELTA)).to(h[0].dtype)
+        if buf is None:
+            eps.append(torch._foreach_mul(h, scale))
+        else:
+            torch._foreach_mul_(buf, scale)
+            eps.append(buf)
+    return eps, norm
+
+
+def gsam_correct_(
+    descent: Sequence[Sequence[Tensor]],
+    ascent: Sequence[Sequence[Tensor]],
+    alpha: Sequence[float],
+) -> None:
+    """GSAM's correction, in place: ``g ← g − α (h − ⟨h, ĝ⟩ ĝ)``, ``ĝ = g / (‖g‖ + δ)``.
+
+    ``‖g‖`` and ``⟨h, ĝ⟩`` are global over all groups; each group's ``α`` scales the
+    correction of its own tensors (ALGORITHMS.md §1, §4). Rearranged as
+    ``g ← (1 + α ⟨h, g⟩ / (‖g‖ + δ)²) g − α h``: two passes over the gradients.
+
+    Args:
+        descent: per group, the descent gradients ``g_p`` (modified in place).
+        ascent: per group, the ascent gradients ``h`` (same shapes).
+        alpha: per group.
+    """
+    flat_g = [t for group in descent for t in group]
+    flat_h = [t for group in ascent for t in group]
+    if not flat_g:
+        return
+    coef = global_dot(flat_h, flat_g) / (global_norm(flat_g) + DELTA) ** 2
+    for g, h, a in zip(descent, ascent, alpha):
+        if not a or not g:
+            continue
+        g, h = list(g), list(h)
+        torch._foreach_mul_(g, (1.0 + a * coef).to(g[0].dtype))
+        torch._foreach_add_(g, h, alpha=-a)

@@ -1,0 +1,387 @@
+"""One perturb-then-descend mechanism (ALGORITHMS.md §1) and the four family members.
+
+:class:`PerturbedOptimizer` wraps a base optimizer (SGD, AdamW, ...). A step is
+
+1. ascent gradient ``h`` in ``.grad`` (of ``ascent_loss``, or of the training loss),
+2. :meth:`~PerturbedOptimizer.first_step`: ``w ← w + ε``, ``ε = ρ · D(h, w)``,
+3. descent gradient ``g_p`` at ``w + ε`` in ``.grad`` (always the training loss),
+4. :meth:`~PerturbedOptimizer.second_step`: restore ``w`` bit for bit, GSAM's correction,
+   then the base optimizer's own update.
+
+The variants are parts plugged into that one mechanism: the *direction*
+(SAM or ASAM: the per-group ``adaptive`` flag), the *ascent objective* (``ascent_loss``:
+``None`` or :class:`~forgetting_sam.optim.OBFLoss`) and the *correction* (GSAM: the
+per-group ``alpha``). :class:`SAM`, :class:`ASAM`, :class:`GSAM` and :class:`OBF` only
+choose defaults.
+
+Memory: ``w + ε`` lives in one new buffer that is swapped in as the parameters' storage;
+restoring swaps the original storage back (exact, and no copy of ``w`` is ever made).
+Between steps the optimizer holds nothing beyond the base optimizer's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .functional import ASAM_FORMS, gsam_correct_, perturbation
+from .objectives import OBFLoss
+
+_FAMILY_KEYS = ("rho", "adaptive", "eta", "alpha", "adaptive_form")
+
+
+def _check_group(group: dict) -> None:
+    for name in ("rho", "eta", "alpha"):
+        value = group[name]
+        if not isinstance(value, (int, float)) or not value >= 0.0:
+            raise ValueError(f"Invalid {name}: {value} ({name} must be a number >= 0)")
+    if not isinstance(group["adaptive"], bool):
+        raise ValueError(f"Invalid adaptive: {group['adaptive']!r} (adaptive must be True or False)")
+    if group["adaptive_form"] not in ASAM_FORMS:
+        raise ValueError(
+            f"Invalid adaptive_form: {group['adaptive_form']!r} (allowed: {', '.join(ASAM_FORMS)})"
+        )
+
+
+def _autocast_off(device: torch.device):
+    # The optimizer's own arithmetic must not be downcast by an autocast region around it.
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _clear_autocast_cache(device: torch.device) -> None:
+    # Autocast caches the low-precision copy of each weight for the whole region. Without
+    # this, a forward at w + ε inside the same region silently reuses the casts of w.
+    if torch.is_autocast_enabled(device.type):
+        torch.clear_autocast_cache()
+
+
+class PerturbedOptimizer(torch.optim.Optimizer):
+    """The perturb-then-descend mechanism that SAM, ASAM, GSAM and OBF share.
+
+    Args:
+        params: tensors or param-group dicts; ``rho``, ``adaptive``, ``eta``, ``alpha`` and
+            ``adaptive_form`` may be set per group, like ``lr``.
+        base_optimizer: the base optimizer's *class*, e.g. ``torch.optim.SGD``.
+        rho: perturbation radius ρ ≥ 0.
+        adaptive: ASAM's scale-invariant direction on this group (§3).
+        eta: ASAM's η ≥ 0 in ``T_w = |w| + η``.
+        alpha: GSAM's correction weight α ≥ 0 (0: no correction).
+        adaptive_form: ``"original"`` (``T²h/‖Th‖``), ``"before"`` (``Th/‖Th‖``) or
+            ``"after"`` (``Th/‖h‖``); one form for the whole optimizer.
+        ascent_loss: ``None`` to ascend the training loss, or a callable
+            ``(logits, targets) -> scalar`` such as :class:`OBFLoss`.
+        **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ...).
+
+    ``param_groups`` and ``state`` are the base optimizer's own objects, so LR schedulers,
+    :class:`ProportionalRho` and checkpoints act on the wrapper directly.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_optimizer: type[torch.optim.Optimizer],
+        rho: float = 0.05,
+        *,
+        adaptive: bool = False,
+        eta: float = 0.0,
+        alpha: float = 0.0,
+        adaptive_form: str = "original",
+        ascent_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+        **base_kwargs: Any,
+    ):
+        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
+            raise TypeError(
+                "base_optimizer must be a torch.optim.Optimizer class such as torch.optim.SGD "
+                f"(the class, not an instance), got {base_optimizer!r}"
+            )
+        if ascent_loss is not None and not callable(ascent_loss):
+            raise TypeError(f"ascent_loss must be None or a callable (logits, targets), got {ascent_loss!r}")
+        defaults = dict(rho=rho, adaptive=adaptive, eta=eta, alpha=alpha, adaptive_form=adaptive_form)
+        _check_group(defaults)
+        super().__init__(params, defaults)
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        self.ascent_loss = ascent_loss
+        self._perturbed: list[tuple[Tensor, Tensor]] | None = None  # (param, original storage)
+        self._ascent_grads: list[list[tuple[Tensor, Tensor]]] | None = None  # (param, h), GSAM
+        self._skip = False
+
+    # -- torch.optim citizenship ------------------------------------------------------
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group to the wrapper and the base optimizer (family defaults filled in)."""
+        if not hasattr(self, "base_optimizer"):  # called from Optimizer.__init__
+            super().add_param_group(param_group)
+            _check_group(self.param_groups[-1])
+            return
+        for key in _FAMILY_KEYS:
+            param_group.setdefault(key, self.defaults[key])
+        _check_group(param_group)
+        self.base_optimizer.add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a :meth:`state_dict` (base state, and per-group ``rho``, ``alpha``, ...)."""
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+
+    # -- the mechanism ----------------------------------------------------------------
+
+    @property
+    def is_perturbed(self) -> bool:
+        """True between :meth:`first_step` and :meth:`restore` / :meth:`second_step`."""
+        return self._perturbed is not None
+
+    def _with_grads(self) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
+        params, grads = [], []
+        for group in self.param_groups:
+            ps = [p for p in group["params"] if p.grad is not None]
+            for p in ps:
+                if p.grad.is_sparse:
+                    raise RuntimeError("SAM-family optimizers do not support sparse gradients")
+            params.append(ps)
+            grads.append([p.grad for p in ps])
+        return params, grads
+
+    def _form(self) -> str:
+        forms = {g["adaptive_form"] for g in self.param_groups if g["adaptive"]}
+        if len(forms) > 1:
+            raise ValueError(f"Invalid adaptive_form: groups mix {sorted(forms)}; use one form")
+        return forms.pop() if forms else "original"
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Perturb: ``w ← w + ε`` from the ascent gradients now in ``.grad``.
+
+        Parameters without ``.grad`` are not perturbed. A zero gradient gives ``ε = 0``.
+        A NaN or Inf gradient leaves the weights unperturbed and marks the step to be
+        skipped: :meth:`second_step` then takes no base step (the weights stay as they are).
+        """
+        if self._perturbed is not None:
+            raise RuntimeError("first_step() called twice: call second_step() or restore() first")
+        params, grads = self._with_grads()
+        flat = [p for ps in params for p in ps]
+        self._skip = False
+        self._perturbed = []
+        if not flat:
+            return
+        device = flat[0].device
+        groups = self.param_groups
+        with _autocast_off(device):
+            eps, norm = perturbation(
+                params, grads,
+                rho=[g["rho"] for g in groups], adaptive=[g["adaptive"] for g in groups],
+                eta=[g["eta"] for g in groups], form=self._form(),
+            )
+            if not bool(torch.isfinite(norm)):
+                self._skip = True
+                return
+            if any(g["alpha"] for g in groups):
+                # GSAM needs h after the descent backward: keep the gradient tensors
+                # themselves (no copy) when .grad is about to be released anyway.
+                self._ascent_grads = [
+                    [(p, h if zero_grad else h.clone()) for p, h in zip(ps, hs)]
+                    for ps, hs in zip(params, grads)
+                ]
+            for ps, es in zip(params, eps):
+                if not ps:
+                    continue
+                torch._foreach_add_(es, ps)  # the buffer now holds w + ε
+                for p, new in zip(ps, es):
+                    self._perturbed.append((p, p.data))
+                    p.data = new
+        _clear_autocast_cache(device)
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put back the exact weights ``w`` saved by :meth:`first_step`; nothing else.
+
+        Use it to measure at ``w + ε`` without taking a step. Drops GSAM's saved ``h``.
+        """
+        if self._perturbed is None:
+            raise RuntimeError("restore() without a preceding first_step()")
+        for p, original in self._perturbed:
+            p.data = original
+        if self._perturbed:
+            _clear_autocast_cache(self._perturbed[0][0].device)
+        self._perturbed = None
+        self._ascent_grads = None
+
+    @torch.no_grad()
+    def unperturb(self) -> bool:
+        """Restore ``w`` and apply GSAM's correction to the descent gradient in ``.grad``.
+
+        The first half of :meth:`second_step`; :func:`perturbed_step` calls it once per
+        micro-batch before averaging. Returns False if the step must be skipped
+        (non-finite ascent gradient).
+        """
+        ascent = self._ascent_grads
+        self.restore()
+        if self._skip:
+            return False
+        if ascent is not None:
+            descent, asc = [], []
+            for saved in ascent:
+                pairs = [(p.grad, h) for p, h in saved if p.grad is not None]
+                descent.append([g for g, _ in pairs])
+                asc.append([h for _, h in pairs])
+            flat = [t for ts in descent for t in ts]
+            if flat:
+                with _autocast_off(flat[0].device):
+                    gsam_correct_(descent, asc, [g["alpha"] for g in self.param_groups])
+        return True
+
+    def _mark_stepped(self) -> None:
+        # LR schedulers check this flag (set by the wrapped .step) to warn about call order;
+        # the two-step API never calls .step, so set it here.
+        self._opt_called = True
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore ``w`` exactly, apply GSAM's correction, then the base optimizer's step.
+
+        If :meth:`first_step` saw a non-finite gradient, no base step is taken and a
+        ``RuntimeWarning`` says so; the weights are left as they were.
+        """
+        if self._perturbed is None:
+            raise RuntimeError("second_step() without a preceding first_step()")
+        if self.unperturb():
+            self.base_optimizer.step()
+        else:
+            warnings.warn(
+                "non-finite ascent gradient: the step was skipped and the weights left unchanged",
+                RuntimeWarning, stacklevel=2,
+            )
+        self._skip = False
+        self._mark_stepped()
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+
+    def step(self, closure: Callable[..., Tensor] | None = None) -> Tensor:  # type: ignore[override]
+        """One full step with the standard torch closure; returns the first (unperturbed) loss.
+
+        The closure zeroes the gradients, runs forward and backward of the training loss
+        and returns the loss. It is called twice, at ``w`` and at ``w + ε``.
+
+        With an ascent objective (OBF), the closure must accept ``ascent_loss`` and
+        backpropagate it instead of the training loss when it is given::
+
+            def closure(ascent_loss=None):
+                opt.zero_grad()
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                (ascent_loss(logits, y) if ascent_loss else loss).backward()
+                return loss
+
+        The same closure works for every family member.
+        """
+        if closure is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() needs a closure (it evaluates the loss twice); "
+                "or use first_step()/second_step(), or forgetting_sam.perturbed_step()"
+            )
+        if self.ascent_loss is None:
+            with torch.enable_grad():
+                loss = closure()
+        else:
+            if not _accepts_ascent_loss(closure):
+                raise TypeError(
+                    f"{type(self).__name__} ascends {self.ascent_loss!r}, so the closure must "
+                    "accept it: def closure(ascent_loss=None): ... "
+                    "(ascent_loss(logits, y) if ascent_loss else loss).backward(); return loss"
+                )
+            with torch.enable_grad():
+                loss = closure(ascent_loss=self.ascent_loss)
+        self.first_step(zero_grad=True)
+        if self._skip:
+            self.second_step()
+            return loss
+        with torch.enable_grad():
+            closure()
+        self.second_step()
+        return loss
+
+
+def _accepts_ascent_loss(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "ascent_loss" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+class SAM(PerturbedOptimizer):
+    """Sharpness-aware minimization (Foret et al., ICLR 2021): ``ε = ρ h / ‖h‖``.
+
+    A drop-in for the most popular PyTorch SAM (same constructor, same two-step loop)::
+
+        opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+        loss_fn(model(x), y).backward()
+        opt.first_step(zero_grad=True)
+        loss_fn(model(x), y).backward()
+        opt.second_step(zero_grad=True)
+
+    ``adaptive=True`` gives ASAM's direction; ``ascent_loss=OBFLoss()`` gives SAM-OBF.
+    """
+
+    def __init__(self, params, base_optimizer, rho: float = 0.05, *, adaptive: bool = False,
+                 eta: float = 0.0, **kwargs):
+        super().__init__(params, base_optimizer, rho, adaptive=adaptive, eta=eta, **kwargs)
+
+
+class ASAM(PerturbedOptimizer):
+    """Adaptive SAM (Kwon et al., ICML 2021): ``ε = ρ T²h / ‖Th‖``, ``T = |w| + η``.
+
+    ``adaptive_form="before"`` or ``"after"`` selects the OBF authors' forms (§3).
+    Exclude biases and norm layers with a param group ``{"params": ..., "adaptive": False}``.
+    """
+
+    def __init__(self, params, base_optimizer, rho: float = 0.5, *, eta: float = 0.01, **kwargs):
+        kwargs.setdefault("adaptive", True)
+        super().__init__(params, base_optimizer, rho, eta=eta, **kwargs)
+
+
+class GSAM(PerturbedOptimizer):
+    """Surrogate-gap guided SAM (Zhuang et al., ICLR 2022).
+
+    SAM's perturbation, then ``g_p ← g_p − α (h − ⟨h, ĝ_p⟩ ĝ_p)``. The default α = 0.4 is
+    the GSAM/OBF authors' ViT-S/32 setting (their ResNets use 0.01). Pair with
+    :class:`ProportionalRho` for the authors' lr-proportional ρ schedule.
+    """
+
+    def __init__(self, params, base_optimizer, rho: float = 0.05, *, alpha: float = 0.4, **kwargs):
+        super().__init__(params, base_optimizer, rho, alpha=alpha, **kwargs)
+
+
+class OBF(PerturbedOptimizer):
+    """Output bias forgetting (Vani et al., ICML 2024): SAM's mechanism ascending :func:`obf_loss`.
+
+    Args:
+        gamma, lam, prob: the OBF objective's hyperparameters (ALGORITHMS.md §5).
+        adaptive / alpha (keywords): compose ASAM-OBF or GSAM-OBF.
+
+    The two-step loop ascends ``opt.ascent_loss`` instead of the training loss::
+
+        opt.ascent_loss(model(x), y).backward()
+        opt.first_step(zero_grad=True)
+        loss_fn(model(x), y).backward()
+        opt.second_step(zero_grad=True)
+    """
+
+    def __init__(self, params, base_optimizer, rho: float = 0.05, *, gamma: float = 1.0,
+                 lam: float | None = None, prob: str = "sigmoid", **kwargs):
+        if "ascent_loss" in kwargs:
+            raise TypeError("OBF sets ascent_loss itself; use gamma, lam and prob")
+        super().__init__(params, base_optimizer, rho,
+                         ascent_loss=OBFLoss(gamma=gamma, lam=lam, prob=prob), **kwargs)

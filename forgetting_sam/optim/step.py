@@ -1,0 +1,323 @@
+"""One training step for any optimizer: :func:`perturbed_step` (ALGORITHMS.md §1, §6, §7).
+
+It is the whole perturb-then-descend step for a family member, and an ordinary step for a
+plain ``torch.optim`` optimizer, so one training loop serves both. Read it top to bottom:
+per micro-batch, (1) forward and the ascent backward, (2) ``first_step`` perturbs,
+(3) forward and backward at ``w + ε`` with BatchNorm statistics frozen, (4) ``unperturb``
+restores ``w`` and corrects; then the micro-batches' descent gradients are averaged,
+all-reduced once under DDP, clipped, and handed to the base optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .perturbed import PerturbedOptimizer
+
+
+@dataclass
+class StepResult:
+    """What :func:`perturbed_step` computed, all detached.
+
+    Attributes:
+        loss: 0-d, the size-weighted mean of the micro-batches' training losses at ``w``.
+        logits: (N, ...) model outputs at ``w``, micro-batches concatenated in order.
+        perturbed_loss: 0-d, the same at ``w + ε`` (None for a plain optimizer).
+        perturbed_logits: (N, ...) outputs at ``w + ε``, each micro-batch at its own ``ε``
+            (None for a plain optimizer). The forgetting measures read these for free.
+        skipped: True if a non-finite gradient (e.g. an fp16 overflow) skipped the step;
+            the weights are then exactly as before.
+        updated: False when ``update=False`` only accumulated the descent gradient.
+    """
+
+    loss: Tensor
+    logits: Tensor
+    perturbed_loss: Tensor | None = None
+    perturbed_logits: Tensor | None = None
+    skipped: bool = False
+    updated: bool = True
+
+
+@contextlib.contextmanager
+def bn_stats_frozen(model: nn.Module):
+    """Keep every BatchNorm's running mean, variance and batch count untouched inside.
+
+    In train mode BatchNorm still normalizes with the batch's statistics, so outputs are
+    unchanged; only the running-statistics update is suppressed (ALGORITHMS.md §7).
+
+    Example:
+        >>> with bn_stats_frozen(model):
+        ...     loss_fn(model(x), y).backward()   # running stats as before
+    """
+    bns = [
+        m for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    for m in bns:
+        m.track_running_stats = False  # train-mode forward then passes no running buffers
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+@contextlib.contextmanager
+def _replayed_rng(snapshot: tuple[Tensor, Tensor | None, torch.device] | None):
+    if snapshot is not None:
+        cpu, accel, device = snapshot
+        torch.set_rng_state(cpu)
+        if accel is not None:
+            torch.cuda.set_rng_state(accel, device)
+    yield
+
+
+def _rng_snapshot(device: torch.device):
+    accel = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), accel, device
+
+
+def _batch_len(inputs: Any) -> int:
+    if isinstance(inputs, Tensor):
+        return inputs.shape[0]
+    if isinstance(inputs, (tuple, list)) and inputs:
+        return _batch_len(inputs[0])
+    if isinstance(inputs, dict) and inputs:
+        return _batch_len(next(iter(inputs.values())))
+    raise TypeError(
+        "inputs must be a tensor, a tuple/list of tensors or a dict of tensors "
+        f"(batch on dim 0), got {type(inputs).__name__}"
+    )
+
+
+def _slice(inputs: Any, a: int, b: int) -> Any:
+    if isinstance(inputs, Tensor):
+        return inputs[a:b]
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(_slice(x, a, b) for x in inputs)
+    return {k: _slice(v, a, b) for k, v in inputs.items()}
+
+
+def _forward(model: nn.Module, x: Any) -> Tensor:
+    if isinstance(x, (tuple, list)):
+        return model(*x)
+    if isinstance(x, dict):
+        return model(**x)
+    return model(x)
+
+
+def _backward(objective: Tensor, scaler) -> None:
+    (scaler.scale(objective) if scaler is not None else objective).backward()
+
+
+def _all_reduce_mean(grads: list[Tensor], group) -> None:
+    # One collective per dtype: flatten, sum, divide by the number of replicas.
+    world = dist.get_world_size(group)
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    for gs in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in gs])
+        dist.all_reduce(flat, group=group)
+        flat.div_(world)
+        torch._foreach_copy_(gs, [v.view_as(g) for v, g in zip(flat.split([g.numel() for g in gs]), gs)])
+
+
+# Examples counted into .grad by update=False calls, per optimizer, until the update.
+_PENDING: "weakref.WeakKeyDictionary[torch.optim.Optimizer, int]" = weakref.WeakKeyDictionary()
+
+
+def perturbed_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Any,
+    targets: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    *,
+    micro_batch_size: int | None = None,
+    scaler: "torch.amp.GradScaler | None" = None,
+    replay_dropout: bool = False,
+    clip_grad_norm: float | None = None,
+    update: bool = True,
+) -> StepResult:
+    """One full training step with any SAM-family member, or any plain torch optimizer.
+
+    Args:
+        model: the module (may be wrapped in ``DistributedDataParallel``).
+        optimizer: a :class:`PerturbedOptimizer` (SAM, ASAM, GSAM, OBF, compositions) or any
+            ``torch.optim.Optimizer`` (then an ordinary step).
+        inputs: (N, ...) tensor, or a tuple/list (passed as ``model(*inputs)``) or dict
+            (``model(**inputs)``) of tensors with the batch on dim 0.
+        targets: (N, ...) targets for ``loss_fn``.
+        loss_fn: ``(outputs, targets) -> scalar``, mean-reduced over the batch.
+        micro_batch_size: m-sharpness (§6): chunks of ``m`` examples, each with its own ``ε``;
+            the descent gradient is the size-weighted mean over chunks (a ragged last chunk
+            counts by its size). ``None``: the whole batch. Each chunk's unperturbed forward
+            updates BatchNorm once; perturbed forwards never do.
+        scaler: a ``torch.amp.GradScaler`` for fp16. Both backward passes are scaled; on an
+            overflow in either pass the step is skipped, the weights restored, and the scale
+            reduced. This function calls ``scaler.step`` and ``scaler.update`` itself.
+            For bf16, wrap the call in ``torch.autocast``; no scaler is needed.
+        replay_dropout: replay the RNG state so both passes of a chunk see the same dropout
+            masks (and any other randomness inside ``model``).
+        clip_grad_norm: clip the final descent gradient to this global norm (after
+            averaging, all-reduce and unscaling), before the base step.
+        update: ``False`` accumulates: this call's descent gradient is added to ``.grad``
+            (as a size-weighted sum) and no step is taken; the next ``update=True`` call adds
+            its own and steps with the size-weighted mean over all the examples since the
+            last update. The result equals one call on the concatenated batch with chunks
+            at the call boundaries. Under DDP the all-reduce happens once, at the update.
+
+    Returns:
+        :class:`StepResult` with ``.loss``, ``.logits`` (at ``w``), ``.perturbed_loss``,
+        ``.perturbed_logits`` (at ``w + ε``), ``.skipped`` and ``.updated``.
+
+    DDP: pass the DDP-wrapped model. Every forward and backward runs under ``no_sync``, so
+    each replica perturbs with its own gradients; the final gradient is all-reduced once.
+    ``R`` replicas with local batch ``b`` equal one process with batch ``R·b`` and ``m = b``.
+
+    Example:
+        >>> opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
+        >>> out = perturbed_step(model, opt, x, y, torch.nn.functional.cross_entropy)
+        >>> out.loss, out.logits.shape
+    """
+    n = _batch_len(inputs)
+    if not isinstance(targets, Tensor) or targets.shape[0] != n:
+        got = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+        raise ValueError(
+            f"inputs and targets must have the same batch size: inputs has {n}, targets {got}"
+        )
+    if n == 0:
+        raise ValueError("perturbed_step got an empty batch (batch size 0)")
+    if micro_batch_size is not None and (
+        not isinstance(micro_batch_size, int) or isinstance(micro_batch_size, bool) or micro_batch_size < 1
+    ):
+        raise ValueError(
+            f"Invalid micro_batch_size: {micro_batch_size!r} (an integer >= 1, or None for the "
+            "whole batch)"
+        )
+    if clip_grad_norm is not None and not clip_grad_norm > 0:
+        raise ValueError(f"Invalid clip_grad_norm: {clip_grad_norm} (a positive number, or None)")
+
+    family = isinstance(optimizer, PerturbedOptimizer)
+    base = optimizer.base_optimizer if family else optimizer
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    no_sync = model.no_sync if ddp else contextlib.nullcontext
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    m = micro_batch_size or n
+    chunks = [(a, min(a + m, n)) for a in range(0, n, m)]
+    pending = _PENDING.pop(optimizer, 0)
+    device = params[0].device
+
+    # The running sum Σ |B_j| g_j over chunks (and earlier update=False calls). A single
+    # chunk with nothing pending skips it, so that step is the plain gradient bit for bit.
+    direct = len(chunks) == 1 and pending == 0
+    acc: dict[Tensor, Tensor] = {}
+    if pending:
+        acc = {p: p.grad for p in params if p.grad is not None}
+    optimizer.zero_grad(set_to_none=True)
+
+    losses, logits, p_losses, p_logits = [], [], [], []
+    skipped = False
+    try:
+        for a, b in chunks:
+            x, y, size = _slice(inputs, a, b), targets[a:b], b - a
+            rng = _rng_snapshot(device) if (family and replay_dropout) else None
+            # (1) forward at w, backward of the ascent objective
+            with no_sync():
+                out = _forward(model, x)
+                loss = loss_fn(out, y)
+                ascent = optimizer.ascent_loss if family else None
+                _backward(ascent(out, y) if ascent is not None else loss, scaler)
+            losses.append(loss.detach() * size)
+            logits.append(out.detach())
+            if family:
+                # (2) w <- w + ε
+                optimizer.first_step(zero_grad=True)
+                if optimizer._skip:
+                    skipped = True
+                    break
+                # (3) forward and backward of the training loss at w + ε
+                with bn_stats_frozen(model), no_sync(), _replayed_rng(rng):
+                    p_out = _forward(model, x)
+                    p_loss = loss_fn(p_out, y)
+                    _backward(p_loss, scaler)
+                p_losses.append(p_loss.detach() * size)
+                p_logits.append(p_out.detach())
+                # (4) w exactly back, GSAM's correction; g_p is in .grad
+                optimizer.unperturb()
+            if not direct:
+                grads = [p for p in params if p.grad is not None]
+                for p in grads:
+                    if p in acc:
+                        acc[p].add_(p.grad, alpha=size)
+                    else:
+                        acc[p] = p.grad.mul_(size)
+                    p.grad = None
+    finally:
+        if family and optimizer.is_perturbed:
+            optimizer.restore()  # never leave w + ε behind (errors, KeyboardInterrupt)
+
+    result = StepResult(
+        loss=torch.stack(losses).sum() / n,
+        logits=torch.cat(logits),
+        perturbed_loss=torch.stack(p_losses).sum() / n if p_losses else None,
+        perturbed_logits=torch.cat(p_logits) if p_logits else None,
+    )
+    if skipped:
+        optimizer._skip = False
+        result.skipped = True
+        if scaler is not None:
+            # .grad holds the non-finite ascent gradient: the scaler sees the overflow,
+            # skips the base step and backs off its scale, as in any fp16 step.
+            acc.clear()
+            scaler.step(base)
+            scaler.update()
+        else:
+            warnings.warn(
+                "non-finite ascent gradient: the step was skipped and the weights left unchanged",
+                RuntimeWarning, stacklevel=2,
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if family:
+            optimizer._mark_stepped()
+        return result
+
+    total = pending + n
+    if not direct:
+        for p, g in acc.items():
+            p.grad = g
+    if not update:
+        _PENDING[optimizer] = total
+        result.updated = False
+        return result
+    if not direct:
+        torch._foreach_mul_([p.grad for p in acc], 1.0 / total)
+    if ddp:
+        for p in params:  # identical layouts on every replica for the one flat all-reduce
+            if p.grad is None and p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        _all_reduce_mean([p.grad for p in params if p.grad is not None], model.process_group)
+    if clip_grad_norm is not None:
+        if scaler is not None:
+            scaler.unscale_(base)
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip_grad_norm)
+    if scaler is not None:
+        scale_before = scaler.get_scale()
+        scaler.step(base)
+        scaler.update()
+        result.skipped = scaler.get_scale() < scale_before
+    else:
+        base.step()
+    if family:
+        optimizer._mark_stepped()
+    return result
