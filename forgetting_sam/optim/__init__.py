@@ -3,7 +3,7 @@
 Depends on torch alone: copy this folder into a project and nothing else comes along.
 """
 
-from .functional import ASAM_FORMS, DELTA, global_dot, global_norm, gsam_correct_, perturbation
+from .functional import ASAM_FORMS, DELTA, global_dot, global_norm, gsam_correct_, perturbed_weights
 from .objectives import OBFLoss, obf_alpha, obf_loss
 from .perturbed import ASAM, GSAM, OBF, SAM, PerturbedOptimizer
 from .schedules import ProportionalRho
@@ -12,5 +12,5 @@ from .step import StepResult, bn_stats_frozen, perturbed_step
 __all__ = [
     "SAM", "ASAM", "GSAM", "OBF", "PerturbedOptimizer", "obf_loss", "OBFLoss", "obf_alpha",
     "perturbed_step", "StepResult", "bn_stats_frozen", "ProportionalRho",
-    "global_norm", "global_dot", "perturbation", "gsam_correct_", "DELTA", "ASAM_FORMS",
+    "global_norm", "global_dot", "perturbed_weights", "gsam_correct_", "DELTA", "ASAM_FORMS",
 ]

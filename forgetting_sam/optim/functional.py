@@ -4,15 +4,16 @@ Each function treats a list of tensors (one per parameter) as one long vector, a
 ALGORITHMS.md does, without ever building the concatenation. They are the parts that
 :class:`~forgetting_sam.optim.PerturbedOptimizer` plugs together:
 
-* :func:`perturbation` — the direction ``ε = ρ · D(h, w)`` (SAM and ASAM, §2–§3),
+* :func:`perturbed_weights` — ``w + ε``, ``ε = ρ · D(h, w)`` (SAM and ASAM, §2–§3),
 * :func:`gsam_correct_` — GSAM's correction of the descent gradient (§1 step 4, §4).
 
 They use multi-tensor (``torch._foreach_*``) kernels and allocate at most one
-parameter-sized buffer (the perturbation itself).
+parameter-sized buffer (the perturbed weights).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor
 #: δ in ALGORITHMS.md: the guard against dividing by a zero norm.
 DELTA = 1e-12
 
-#: The adaptive (ASAM) direction forms, see :func:`perturbation`.
+#: The adaptive (ASAM) direction forms, see :func:`perturbed_weights`.
 ASAM_FORMS = ("original", "before", "after")
 
 
@@ -71,15 +72,15 @@ def global_dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
     return _stack([torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)], a).sum()
 
 
-def perturbation(
+def perturbed_weights(
     params: Sequence[Sequence[Tensor]],
     grads: Sequence[Sequence[Tensor]],
     rho: Sequence[float],
     adaptive: Sequence[bool],
     eta: Sequence[float],
     form: str = "original",
-) -> tuple[list[list[Tensor]], Tensor]:
-    """The perturbation ``ε = ρ · D(h, w)`` for several param groups at once.
+) -> tuple[list[list[Tensor]] | None, float]:
+    """The perturbed weights ``w + ε``, ``ε = ρ · D(h, w)``, for several param groups at once.
 
     Norms are global over all groups; each group has its own ``ρ``, ASAM switch and ``η``
     (ALGORITHMS.md §1). With ``T = |w| + η`` on adaptive groups and ``T = 1`` elsewhere:
@@ -94,8 +95,14 @@ def perturbation(
         rho, adaptive, eta: per group.
         form: one of :data:`ASAM_FORMS`; only matters on adaptive groups.
     Returns:
-        ``(eps, norm)``: ``eps`` per group as new tensors (the only allocation), and the
-        global denominator norm before ``δ`` (non-finite when ``h`` is).
+        ``(weights, norm)``: ``w + ε`` per group as new tensors (the only parameter-sized
+        allocation), and the denominator norm as a float. When the norm is not finite
+        (a NaN or Inf in ``h``), ``weights`` is None and nothing is allocated.
+
+    Example:
+        >>> w, h = [torch.zeros(2)], [torch.tensor([3.0, 4.0])]
+        >>> perturbed_weights([w], [h], rho=[0.5], adaptive=[False], eta=[0.0])[0]
+        [[tensor([0.3000, 0.4000])]]
     """
     if form not in ASAM_FORMS:
         raise ValueError(f"Invalid adaptive_form: {form!r} (allowed: {', '.join(ASAM_FORMS)})")
@@ -107,15 +114,18 @@ def perturbation(
             bufs.append([])
             continue
         if not ada:
-            # SAM group: the buffer is made below, already scaled (one pass instead of two).
-            bufs.append(None)
+            bufs.append(None)  # SAM group: w + ε is made in one fused pass below
             squares.append(global_norm(h) ** 2)
             continue
-        buf = torch._foreach_abs(w)
-        if e:
-            torch._foreach_add_(buf, e)
+        if form == "original" and not e:
+            buf = torch._foreach_mul(w, w)  # T² = w² when η = 0: one pass instead of two
+        else:
+            buf = torch._foreach_abs(w)
+            if e:
+                torch._foreach_add_(buf, e)
+            if form == "original":
+                torch._foreach_mul_(buf, buf)  # T²
         if form == "original":
-            torch._foreach_mul_(buf, buf)  # T²
             torch._foreach_mul_(buf, h)  # T² ⊙ h
             squares.append(global_dot(buf, h))  # ‖T ⊙ h‖² = ⟨T² ⊙ h, h⟩, no extra copy
         else:
@@ -123,21 +133,25 @@ def perturbation(
             squares.append(global_norm(h if form == "after" else buf) ** 2)
         bufs.append(buf)
     if not squares:
-        return [[] for _ in bufs], torch.zeros(())
-    norm = torch.sqrt(_stack(squares, squares).sum())
-    eps: list[list[Tensor]] = []
-    for buf, h, r in zip(bufs, grads, rho):
-        h = list(h)
+        return [[] for _ in bufs], 0.0
+    # One host sync per step: the finiteness check needs it, and a Python scale lets
+    # SAM groups build w + ε in a single pass (read w and h, write the buffer).
+    norm = float(torch.sqrt(_stack(squares, squares).sum()))
+    if not math.isfinite(norm):
+        return None, norm
+    out: list[list[Tensor]] = []
+    for buf, w, h, r in zip(bufs, params, grads, rho):
+        w, h = list(w), list(h)
+        scale = r / (norm + DELTA)
         if not h:
-            eps.append([])
-            continue
-        scale = (r / (norm + DELTA)).to(h[0].dtype)
-        if buf is None:
-            eps.append(torch._foreach_mul(h, scale))
+            out.append([])
+        elif buf is None:
+            out.append(torch._foreach_add(w, h, alpha=scale))
         else:
             torch._foreach_mul_(buf, scale)
-            eps.append(buf)
-    return eps, norm
+            torch._foreach_add_(buf, w)
+            out.append(buf)
+    return out, norm
 
 
 def gsam_correct_(

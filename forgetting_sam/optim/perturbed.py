@@ -14,7 +14,7 @@ The variants are parts plugged into that one mechanism: the *direction*
 per-group ``alpha``). :class:`SAM`, :class:`ASAM`, :class:`GSAM` and :class:`OBF` only
 choose defaults.
 
-Memory: ``w + ε`` lives in one new buffer that is swapped in as the parameters' storage;
+Memory: ``w + ε`` is built in one new buffer that is swapped in as the parameters' storage;
 restoring swaps the original storage back (exact, and no copy of ``w`` is ever made).
 Between steps the optimizer holds nothing beyond the base optimizer's state.
 """
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .functional import ASAM_FORMS, gsam_correct_, perturbation
+from .functional import ASAM_FORMS, gsam_correct_, perturbed_weights
 from .objectives import OBFLoss
 
 _FAMILY_KEYS = ("rho", "adaptive", "eta", "alpha", "adaptive_form")
@@ -177,28 +177,25 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         device = flat[0].device
         groups = self.param_groups
         with _autocast_off(device):
-            eps, norm = perturbation(
+            weights, _ = perturbed_weights(
                 params, grads,
                 rho=[g["rho"] for g in groups], adaptive=[g["adaptive"] for g in groups],
                 eta=[g["eta"] for g in groups], form=self._form(),
             )
-            if not bool(torch.isfinite(norm)):
-                self._skip = True
-                return
-            if any(g["alpha"] for g in groups):
-                # GSAM needs h after the descent backward: keep the gradient tensors
-                # themselves (no copy) when .grad is about to be released anyway.
-                self._ascent_grads = [
-                    [(p, h if zero_grad else h.clone()) for p, h in zip(ps, hs)]
-                    for ps, hs in zip(params, grads)
-                ]
-            for ps, es in zip(params, eps):
-                if not ps:
-                    continue
-                torch._foreach_add_(es, ps)  # the buffer now holds w + ε
-                for p, new in zip(ps, es):
-                    self._perturbed.append((p, p.data))
-                    p.data = new
+        if weights is None:
+            self._skip = True
+            return
+        if any(g["alpha"] for g in groups):
+            # GSAM needs h after the descent backward: keep the gradient tensors
+            # themselves (no copy) when .grad is about to be released anyway.
+            self._ascent_grads = [
+                [(p, h if zero_grad else h.clone()) for p, h in zip(ps, hs)]
+                for ps, hs in zip(params, grads)
+            ]
+        for ps, ws in zip(params, weights):
+            for p, new in zip(ps, ws):
+                self._perturbed.append((p, p.data))
+                p.data = new  # swap storages: the original stays intact for restore()
         _clear_autocast_cache(device)
         if zero_grad:
             self.zero_grad(set_to_none=True)

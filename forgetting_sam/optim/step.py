@@ -220,7 +220,7 @@ def perturbed_step(
 
     # The running sum Σ |B_j| g_j over chunks (and earlier update=False calls). A single
     # chunk with nothing pending skips it, so that step is the plain gradient bit for bit.
-    direct = len(chunks) == 1 and pending == 0
+    direct = len(chunks) == 1 and pending == 0 and update
     acc: dict[Tensor, Tensor] = {}
     if pending:
         acc = {p: p.grad for p in params if p.grad is not None}
