@@ -1,5 +1,7 @@
 # Two commands are the contract: `make demo` and `make test`.
 # Both create .venv on first use and install the package into it.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,7 +13,8 @@ $(STAMP): pyproject.toml
 	@echo ">> creating the virtual environment in $(VENV) (with $(PYTHON))"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo ">> installing forgetting_sam and its dev tools into $(VENV) (torch is the big one)"
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]' 2>&1 \
+		| { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	@echo ">> registering the notebook kernel"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
