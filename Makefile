@@ -23,9 +23,11 @@ demo: $(STAMP)
 	@echo ">> running the quickstart: SGD, SAM, ASAM, GSAM and OBF on scikit-learn's digits"
 	$(BIN)/forgetting-sam demo
 
+# One torch thread per process: the test models are tiny, and idle OpenMP threads spinning
+# against the DDP and notebook processes slow a 2-core machine down badly.
 test: $(STAMP)
 	@echo ">> running the whole test suite, notebooks included"
-	$(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests notebooks --nbval-lax -p no:cacheprovider
 
 notebooks: $(STAMP)
 	@echo ">> opening JupyterLab in $(VENV)"

@@ -35,7 +35,9 @@ class StepResult:
         perturbed_logits: (N, ...) outputs at ``w + ε``, each micro-batch at its own ``ε``
             (None for a plain optimizer). The forgetting measures read these for free.
         skipped: True if a non-finite gradient (e.g. an fp16 overflow) skipped the step;
-            the weights are then exactly as before.
+            the weights are then exactly as before. A skip found in the ascent pass stops
+            at that micro-batch, so ``logits`` then cover the micro-batches up to and
+            including it, and ``perturbed_*`` those before it.
         updated: False when ``update=False`` only accumulated the descent gradient.
     """
 
