@@ -17,14 +17,6 @@ from forgetting_sam.engine.config import config_fields
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on a shared machine OpenMP's
-    # spin-waiting makes 2 threads up to 100x slower than 1. Restored after this module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 FAST = ["--model", "mlp", "--model-options", "hidden_sizes=[16]", "--subset", "96", "--batch-size", "32",
         "--quiet"]
 

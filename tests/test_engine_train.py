@@ -45,15 +45,6 @@ from fixtures_data import (
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on a shared machine OpenMP's
-    # spin-waiting makes 2 threads up to 100x slower than 1. Restored after this module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # A small, quick digits run: 160 examples, 5 steps per epoch, dropout to exercise the RNG.
 QUICK = dict(dataset="digits", subset=160, model="mlp", model_options={"hidden_sizes": [32], "dropout": 0.2},
              batch_size=32, lr=0.1, momentum=0.9, quiet=True, seed=3)

@@ -22,15 +22,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = list_presets(CONFIGS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on a shared machine OpenMP's
-    # spin-waiting makes 2 threads up to 100x slower than 1. Restored after this module.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # The rows of shared/spec/PAPER.md, one preset each (plus the popular PyTorch SAM's WRN run).
 WRAPPERS = ["sam", "gsam", "asam", "obf", "gsam_obf", "asam_obf"]
 EXPECTED = (

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..optim import bn_stats_frozen
+
 MODES = ("eval", "train")
 
 
@@ -53,26 +55,19 @@ def model_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
     """Put ``model`` in ``mode`` for the block; restore every module's flags afterwards.
 
     ``"train"`` means train-mode layers (BatchNorm normalizes with the batch's statistics)
-    with BatchNorm running statistics left untouched, as ``optim.bn_stats_frozen``
-    promises. It is done by switching ``track_running_stats`` off for the block: then
+    with BatchNorm running statistics left untouched, by ``optim.bn_stats_frozen``: it
+    switches ``track_running_stats`` off for the block, so
     BatchNorm neither reads nor writes its buffers, which also keeps the buffers out of
     ``torch.func`` transforms (an in-place buffer update under ``vmap``/``jvp`` fails).
     """
     check_mode(mode)
     flags = [(m, m.training) for m in model.modules()]
-    tracked = [
-        m for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
+    frozen = bn_stats_frozen(model) if mode == "train" else contextlib.nullcontext()
     try:
         model.train(mode == "train")
-        if mode == "train":
-            for m in tracked:
-                m.track_running_stats = False
-        yield model
+        with frozen:
+            yield model
     finally:
-        for m in tracked:
-            m.track_running_stats = True
         for m, flag in flags:
             m.training = flag
 

@@ -75,7 +75,7 @@ def obf_loss(
             f"{logits.shape[0]}, got {tuple(targets.shape)} {targets.dtype}"
         )
     z = logits if logits.dtype == torch.float64 else logits.float()
-    n, k = z.shape
+    k = z.shape[1]
     lam = 1.0 / k if lam is None else lam
     onehot = F.one_hot(targets, k).to(z.dtype)
     uniform = torch.full_like(z, 1.0 / k)
