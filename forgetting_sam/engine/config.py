@@ -416,6 +416,7 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
 DEMO_BASE: dict[str, Any] = dict(
     dataset="digits", model="cnn", epochs=40, batch_size=64, optimizer="sgd", lr=0.05, momentum=0.9,
     weight_decay=5e-4, lr_schedule="cosine", warmup_epochs=1, label_noise=0.4, seed=0,
+    track_forgetting=True,
 )
 DEMO_OPTIMIZERS: dict[str, dict[str, Any]] = {
     "sgd": dict(wrapper="none"),
