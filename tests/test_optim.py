@@ -445,7 +445,7 @@ def test_per_group_rho_with_global_norm():
     assert torch.equal(fm.vec(), w)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")
 def test_proportional_rho_follows_the_lr():
     model = mlp()
     opt = GSAM(model.parameters(), torch.optim.SGD, lr=1.0)
