@@ -12,6 +12,11 @@ The logic is in pure functions a test can reach without a browser:
 and redraws the trajectories when a slider moves. It uses plain ``ipywidgets.Output``,
 so it renders in JupyterLab and classic Notebook without extra extensions.
 
+:func:`direction_explorer` is the same idea for a real network (notebook 03): a slider moves
+the weights along a landscape direction, ``w + α d``, and the plot shows the loss along the
+line with the current point, and the predictions on a few examples there.
+:func:`shifted_logits` is its pure part: the outputs at ``w + α d``, model untouched.
+
 OBF is not among the toy optimizers: its ascent objective acts on a model's *outputs*
 (logits), and a bare 2-D loss has none. The notebooks show OBF on logits and on real data.
 """
@@ -27,8 +32,8 @@ from torch import Tensor
 
 from .optim import ASAM, GSAM, SAM
 
-__all__ = ["TOY_OPTIMIZERS", "Explorer", "ToyLoss", "explorer", "loss_grid", "make_optimizer",
-           "perturbation", "toy_losses", "trajectory"]
+__all__ = ["TOY_OPTIMIZERS", "DirectionExplorer", "Explorer", "ToyLoss", "direction_explorer", "explorer",
+           "loss_grid", "make_optimizer", "perturbation", "shifted_logits", "toy_losses", "trajectory"]
 
 TOY_OPTIMIZERS = ("gd", "sam", "asam", "gsam")
 _COLORS = {"gd": "tab:blue", "sam": "tab:red", "asam": "tab:green", "gsam": "tab:purple"}
@@ -261,3 +266,151 @@ def explorer(loss_name: str = "two_basins", optimizers: Sequence[str] = TOY_OPTI
         >>> explorer("valley")          # move the sliders: the paths redraw
     """
     return Explorer(loss_name, optimizers, rho=rho, lr=lr, steps=steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Moving a real network along a direction (notebook 03)
+# ---------------------------------------------------------------------------------------------
+
+
+def shifted_logits(model: torch.nn.Module, direction, inputs: Tensor, alpha: float) -> Tensor:
+    """The model's outputs (eval mode) at the weights ``w + α d``; ``model`` is not modified.
+
+    Args:
+        model: any ``nn.Module``.
+        direction: a :class:`~forgetting_sam.landscape.Direction` over the model's trainable
+            parameters (e.g. ``random_direction(model)``, or one of a ``Plane``).
+        inputs: a batch of inputs.
+        alpha: the step along ``direction`` (direction units, as in ``loss_line``).
+    Returns:
+        The detached outputs, e.g. logits ``(N, K)``.
+    """
+    from torch.func import functional_call
+
+    from .landscape import check_compatible
+
+    check_compatible(model, direction)
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    shifted = {n: tensors[n].detach() + float(alpha) * d.to(tensors[n]) for n, d in direction.items()}
+    was_training = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            return functional_call(model, shifted, (inputs,)).detach()
+    finally:
+        for m, flag in was_training.items():
+            m.training = flag
+
+
+class DirectionExplorer:
+    """A slider for ``α`` that moves a network's weights to ``w + α d``, and a plot that shows
+    the loss along the whole line (with the current point marked) and, for a few examples, the
+    probability the model gives their label there (green: predicted correctly, red: not).
+
+    The line is computed once with :func:`~forgetting_sam.landscape.loss_line`; each slider
+    move costs one forward pass of ``batch``.
+
+    Attributes:
+        slider: the ipywidgets ``FloatSlider`` for α.
+        line: the :class:`~forgetting_sam.landscape.Landscape` along the direction.
+        fig, axes: the figure and its two axes (line, predictions).
+        state: what the plot shows now: ``alpha``, ``loss``, ``accuracy``, ``probs`` (``(N, K)``
+            softmax at ``w + α d``), ``label_prob`` and ``predicted`` of the shown examples.
+        widget: the ipywidgets box to display.
+    """
+
+    def __init__(self, model: torch.nn.Module, direction, batch, loss_fn, *, span=(-1.0, 1.0),
+                 steps: int = 41, n_show: int = 8, class_names: Sequence[str] | None = None,
+                 title: str = ""):
+        import ipywidgets as W
+        import matplotlib.pyplot as plt
+
+        from .landscape import loss_line
+
+        self.model, self.direction, self.loss_fn = model, direction, loss_fn
+        self.inputs, self.targets = batch
+        self.n_show = min(int(n_show), len(self.targets))
+        self.class_names = list(class_names) if class_names is not None else None
+        self.title = title
+        self.line = loss_line(model, direction, batch, loss_fn, span=span, steps=steps, progress=False)
+        lo, hi = float(span[0]), float(span[1])
+        self.slider = W.FloatSlider(value=min(max(0.0, lo), hi), min=lo, max=hi, step=(hi - lo) / (steps - 1),
+                                    description="α", continuous_update=False,
+                                    style={"description_width": "30px"}, layout=W.Layout(width="420px"))
+        with plt.ioff():
+            self.fig, self.axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        ax_line, ax_pred = self.axes
+        ax_line.plot(self.line.alphas.numpy(), self.line.loss.numpy(), "k.-", ms=3, lw=1)
+        self.marker = ax_line.plot([], [], "o", color="tab:red", ms=9)[0]
+        ax_line.set_xlabel("α (step along the direction, direction units)")
+        ax_line.set_ylabel("loss (nats)")
+        ax_line.grid(alpha=0.3)
+        self.bars = ax_pred.bar(np.arange(self.n_show), np.zeros(self.n_show), color="tab:green")
+        ax_pred.axhline(0.5, color="k", ls=":", lw=0.8)
+        ax_pred.set_ylim(0, 1)
+        ax_pred.set_xticks(np.arange(self.n_show))
+        ax_pred.set_xticklabels([f"#{i}\nlabel {self._name(int(self.targets[i]))}" for i in range(self.n_show)],
+                                fontsize=8)
+        ax_pred.set_ylabel("probability of the label")
+        self.texts = [ax_pred.text(i, 0.02, "", ha="center", va="bottom", fontsize=8) for i in range(self.n_show)]
+        self.fig.tight_layout()
+        self.state: dict = {}
+        self.output = W.Output()
+        self.widget = W.VBox([self.slider, self.output])
+        self.slider.observe(lambda change: self.update(), names="value")
+        self.update()
+
+    def _name(self, k: int) -> str:
+        return self.class_names[k] if self.class_names else str(k)
+
+    def update(self) -> None:
+        """Recompute the outputs at the slider's α and redraw."""
+        alpha = float(self.slider.value)
+        logits = shifted_logits(self.model, self.direction, self.inputs, alpha)
+        loss = float(self.loss_fn(logits, self.targets))
+        probs = torch.softmax(logits.float(), -1)
+        predicted = probs.argmax(-1)
+        accuracy = float((predicted == self.targets).float().mean())
+        shown = torch.arange(self.n_show)
+        label_prob = probs[shown, self.targets[shown]]
+        self.state = {"alpha": alpha, "loss": loss, "accuracy": accuracy, "probs": probs,
+                      "label_prob": label_prob.numpy(), "predicted": predicted[shown].numpy()}
+        self.marker.set_data([alpha], [loss])
+        for i, (bar, text) in enumerate(zip(self.bars, self.texts)):
+            ok = int(predicted[i]) == int(self.targets[i])
+            bar.set_height(float(label_prob[i]))
+            bar.set_color("tab:green" if ok else "tab:red")
+            text.set_text(f"pred {self._name(int(predicted[i]))}")
+        prefix = f"{self.title}: " if self.title else ""
+        self.axes[0].set_title(f"{prefix}loss along w + α d (α = {alpha:+.2f}: loss {loss:.3f})")
+        self.axes[1].set_title(f"predictions at α = {alpha:+.2f} (batch accuracy {accuracy:.1%})")
+        self.fig.canvas.draw_idle()
+        self.output.clear_output(wait=True)
+        with self.output:
+            from IPython.display import display
+            display(self.fig)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+
+def direction_explorer(model: torch.nn.Module, direction, batch, loss_fn, *, span=(-1.0, 1.0),
+                       steps: int = 41, n_show: int = 8, class_names: Sequence[str] | None = None,
+                       title: str = "") -> DirectionExplorer:
+    """Build the along-a-direction explorer for a trained network; display the result.
+
+    Args:
+        model: the trained network (never modified).
+        direction: a :class:`~forgetting_sam.landscape.Direction`, e.g. ``random_plane(m)[0]``.
+        batch: ``(inputs, targets)``; the first ``n_show`` examples are shown.
+        loss_fn: ``loss_fn(logits, targets)``, batch mean (e.g. ``F.cross_entropy``).
+        span, steps: the α range of the slider and of the loss line.
+
+    Example:
+        >>> from forgetting_sam.widgets import direction_explorer
+        >>> direction_explorer(model, random_direction(model, seed=1), (x, y), F.cross_entropy)
+    """
+    return DirectionExplorer(model, direction, batch, loss_fn, span=span, steps=steps, n_show=n_show,
+                             class_names=class_names, title=title)

@@ -6,6 +6,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,60 @@ def test_explorer_builds_and_redraws_when_a_slider_moves():
     ex.sliders["x0"].value = 1.0
     assert ex.lines["gd"].get_xydata()[0, 0] == pytest.approx(1.0)
     assert "ρ = 1.00" in ex.ax.get_title()
+
+
+# ------------------------------------------------------------------------------ direction explorer
+def _small_net_and_batch():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x = torch.randn(16, 4)
+    y = torch.randint(0, 3, (16,))
+    return model, x, y
+
+
+def test_shifted_logits_equal_a_moved_copy_and_leave_the_model_alone():
+    from forgetting_sam.landscape import random_direction
+    from forgetting_sam.widgets import shifted_logits
+
+    model, x, _ = _small_net_and_batch()
+    before = [p.detach().clone() for p in model.parameters()]
+    d = random_direction(model, seed=3)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for (name, p) in moved.named_parameters():
+            p.add_(0.7 * d[name])
+    torch.testing.assert_close(shifted_logits(model, d, x, 0.7), moved(x).detach())
+    torch.testing.assert_close(shifted_logits(model, d, x, 0.0), model(x).detach())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert model.training  # the mode is restored
+
+
+def test_direction_explorer_follows_the_slider():
+    import torch.nn.functional as F
+
+    from forgetting_sam.landscape import random_direction
+    from forgetting_sam.widgets import DirectionExplorer, direction_explorer, shifted_logits
+
+    model, x, y = _small_net_and_batch()
+    d = random_direction(model, seed=1)
+    ex = direction_explorer(model, d, (x, y), F.cross_entropy, span=(-1.0, 1.0), steps=11, n_show=4)
+    assert isinstance(ex, DirectionExplorer)
+    model.eval()
+    assert ex.state["alpha"] == 0.0
+    with torch.no_grad():
+        assert ex.state["loss"] == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-6)
+    # the precomputed line agrees with the pure function at its grid points
+    for i in (0, 5, 10):
+        a = float(ex.line.alphas[i])
+        assert float(ex.line.loss[i]) == pytest.approx(float(F.cross_entropy(shifted_logits(model, d, x, a), y)),
+                                                       rel=1e-5)
+    ex.slider.value = 0.6
+    z = shifted_logits(model, d, x, 0.6)
+    assert ex.state["alpha"] == pytest.approx(0.6)
+    assert ex.state["loss"] == pytest.approx(float(F.cross_entropy(z, y)), rel=1e-6)
+    assert ex.state["accuracy"] == pytest.approx(float((z.argmax(1) == y).float().mean()))
+    np.testing.assert_allclose(ex.marker.get_xydata()[0], [0.6, ex.state["loss"]], rtol=1e-6)
+    probs = torch.softmax(z, -1)
+    np.testing.assert_allclose(ex.state["label_prob"], probs[torch.arange(4), y[:4]].numpy(), rtol=1e-6)
+    assert [b.get_height() for b in ex.bars] == pytest.approx(list(ex.state["label_prob"]))
+    assert "α = +0.60" in ex.axes[1].get_title()
