@@ -33,6 +33,12 @@ notebooks: $(STAMP)
 	@echo ">> opening JupyterLab in $(VENV)"
 	$(BIN)/jupyter lab notebooks
 
+evidence: $(STAMP)
+	@echo ">> the three evidence studies on digits (resumable; runs in runs/evidence/, results in results/evidence/)"
+	$(BIN)/python experiments/study1_optimizers.py
+	$(BIN)/python experiments/study2_micro_batch.py
+	$(BIN)/python experiments/study3_correlation.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check forgetting_sam tests benchmarks
 
@@ -40,4 +46,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py
 
 clean:
-	rm -rf $(VENV) results *.egg-info
+	rm -rf $(VENV) runs results/demo *.egg-info
