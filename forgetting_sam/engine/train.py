@@ -457,7 +457,8 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
                 if env.distributed:
                     _gather_presentations(tracker, idx[:seen].to(device), result.logits, y[:seen], env, global_step)
                 else:
-                    tracker.update(idx[:seen].to(device), result.logits, y[:seen], step=global_step)
+                    # CPU indices: the tracker checks their range on the host, no device sync
+                    tracker.update(idx[:seen], result.logits, y[:seen], step=global_step)
             epoch_examples += n * env.world_size
             if update:
                 lr_sched.step()
