@@ -40,7 +40,7 @@ evidence: $(STAMP)
 	$(BIN)/python experiments/study3_correlation.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check forgetting_sam tests benchmarks
+	$(BIN)/ruff check forgetting_sam tests benchmarks experiments
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py

@@ -119,7 +119,7 @@ def full_step(device, repeats):
         model = build().to(device)
         sgd = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-        def sgd_step():
+        def sgd_step(model=model, sgd=sgd):
             sgd.zero_grad()
             F.cross_entropy(model(x), y).backward()
             sgd.step()
@@ -128,14 +128,14 @@ def full_step(device, repeats):
         for name, make in OURS.items():
             opt = make(model.parameters())
             if isinstance(opt, LoopSAM):
-                def step(opt=opt):
+                def step(opt=opt, model=model):
                     opt.zero_grad()
                     F.cross_entropy(model(x), y).backward()
                     opt.first_step(zero_grad=True)
                     F.cross_entropy(model(x), y).backward()
                     opt.second_step(zero_grad=True)
             else:
-                def step(opt=opt):
+                def step(opt=opt, model=model):
                     perturbed_step(model, opt, x, y, F.cross_entropy)
             # interleave SGD and the family step so drift in machine load hits both alike
             t_sgd = t_fam = 0.0

@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     strata = [("all", rows)] + [(f"noise {int(n * 100)} %", [r for r in rows if r["label_noise"] == n])
                                 for n in NOISES]
     results = {}
-    for tkey, tlabel in TARGETS:
-        for key, label, kind, sign in MEASURES:
+    for tkey, _tlabel in TARGETS:
+        for key, label, kind, _sign in MEASURES:
             cells = [label, kind]
             for sname, sel in strata:
                 if len(sel) < 3:
@@ -186,7 +186,7 @@ def _plot(results, rows, out: Path) -> None:
     axes = fig.subplots(1, len(TARGETS), sharey=True)
     for ax, (tkey, tlabel) in zip(axes, TARGETS):
         ys = np.arange(len(MEASURES))[::-1]
-        for y, (key, label, kind, _) in zip(ys, MEASURES):
+        for y, (key, _label, kind, _) in zip(ys, MEASURES):
             c = results.get((tkey, key, "all"))
             if c is None:
                 continue
@@ -204,7 +204,7 @@ def _plot(results, rows, out: Path) -> None:
     # scatter of each measure against test accuracy, coloured by label noise
     fig = Figure(figsize=(13, 9), layout="constrained")
     axes = fig.subplots(3, 3).flat
-    for ax, (key, label, kind, _) in zip(axes, MEASURES):
+    for ax, (key, label, _kind, _) in zip(axes, MEASURES):
         for n, marker in zip(NOISES, "os^"):
             sel = [r for r in rows if r["label_noise"] == n and r[key] is not None]
             ax.scatter([r[key] for r in sel], [r["test_acc"] * 100 for r in sel], s=14, marker=marker,

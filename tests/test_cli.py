@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from forgetting_sam.cli import main
 from forgetting_sam.engine.config import config_fields

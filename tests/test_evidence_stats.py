@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from experiments.stats import (
+from experiments.stats import (  # noqa: E402  (after the sys.path line above)
     format_mean_se,
     kendall_ci,
     kendall_difference,

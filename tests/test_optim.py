@@ -600,7 +600,9 @@ def test_nothing_held_between_steps_and_weights_restored_on_error():
     assert not opt.is_perturbed and opt._ascent_grads is None and len(opt.state) == 0
     before = params_of(model)
 
-    def failing_loss(out, target, calls=[]):
+    calls = []
+
+    def failing_loss(out, target):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt

@@ -16,6 +16,8 @@ import math
 import warnings
 from pathlib import Path
 
+from ..engine.logging import text_table
+
 __all__ = ["register"]
 
 
@@ -60,10 +62,7 @@ def format_table(results) -> str:
         ci = f"[{_fmt(r.ci[0], '+.2f')}, {_fmt(r.ci[1], '+.2f')}]" if r.ci else "-"
         rows.append([r.measure, str(r.n), _fmt(r.tau, "+.3f"), _fmt(r.p_value, ".3g"), ci,
                      ", ".join(r.skipped) or "-"])
-    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w)
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return text_table(header, rows, left=(0, 5))
 
 
 def _plot(results, path: Path) -> None:

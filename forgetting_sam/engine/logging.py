@@ -22,6 +22,7 @@ __all__ = [
     "SUMMARY_JSON",
     "RunLogger",
     "compare_table",
+    "text_table",
     "plot_curves",
     "plot_runs",
     "read_metrics",
@@ -237,8 +238,22 @@ def compare_table(rows: dict[str, dict[str, Any]], columns: Sequence[tuple[str, 
     header = ["run"] + [h for _, h in cols]
     body = [[label] + [(f"{r[k]:.1f}" if k.endswith("_s") and isinstance(r.get(k), float) else _fmt(r.get(k)))
                        for k, _ in cols] for label, r in rows.items()]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    out = [line(header), line(["-" * w for w in widths])] + [line(b) for b in body]
-    return "\n".join(out)
+    return text_table(header, body)
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: Sequence[int] = (0,)) -> str:
+    """Columns padded to their widest cell; columns in ``left`` left-aligned, the rest right.
+
+    Example:
+        >>> print(text_table(["run", "acc"], [["sam", "0.91"]]))
+        run   acc
+        ---  ----
+        sam  0.91
+    """
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+
+    def line(cells):
+        return "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
