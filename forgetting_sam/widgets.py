@@ -177,7 +177,24 @@ def loss_grid(loss_name: str | ToyLoss, n: int = 121) -> tuple[np.ndarray, np.nd
     return X.numpy(), Y.numpy(), Z.numpy()
 
 
-class Explorer:
+class _FigureWidget:
+    """Display plumbing shared by the explorers: ``self.fig`` is redrawn into
+    ``self.output`` (a plain ``ipywidgets.Output``, so no ipympl is needed) and the
+    composed ``self.widget`` is what a notebook shows."""
+
+    def _redraw(self) -> None:
+        self.fig.canvas.draw_idle()
+        self.output.clear_output(wait=True)
+        with self.output:
+            from IPython.display import display
+            display(self.fig)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+
+class Explorer(_FigureWidget):
     """Sliders for ρ, the learning rate, the start point and the number of steps, and a plot
     of the trajectories that redraws when they move.
 
@@ -246,15 +263,7 @@ class Explorer:
         self.start_marker.set_data([start[0]], [start[1]])
         self.ax.set_title(f"{self.loss.name}: ρ = {v['rho']:.2f}, lr = {v['lr']:.3g}, "
                           f"{int(v['steps'])} steps")
-        self.fig.canvas.draw_idle()
-        self.output.clear_output(wait=True)
-        with self.output:
-            from IPython.display import display
-            display(self.fig)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+        self._redraw()
 
 
 def explorer(loss_name: str = "two_basins", optimizers: Sequence[str] = TOY_OPTIMIZERS,
@@ -303,7 +312,7 @@ def shifted_logits(model: torch.nn.Module, direction, inputs: Tensor, alpha: flo
             m.training = flag
 
 
-class DirectionExplorer:
+class DirectionExplorer(_FigureWidget):
     """A slider for ``α`` that moves a network's weights to ``w + α d``, and a plot that shows
     the loss along the whole line (with the current point marked) and, for a few examples, the
     probability the model gives their label there (green: predicted correctly, red: not).
@@ -385,15 +394,7 @@ class DirectionExplorer:
         prefix = f"{self.title}: " if self.title else ""
         self.axes[0].set_title(f"{prefix}loss along w + α d (α = {alpha:+.2f}: loss {loss:.3f})")
         self.axes[1].set_title(f"predictions at α = {alpha:+.2f} (batch accuracy {accuracy:.1%})")
-        self.fig.canvas.draw_idle()
-        self.output.clear_output(wait=True)
-        with self.output:
-            from IPython.display import display
-            display(self.fig)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
+        self._redraw()
 
 
 def direction_explorer(model: torch.nn.Module, direction, batch, loss_fn, *, span=(-1.0, 1.0),
