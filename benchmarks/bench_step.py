@@ -159,26 +159,20 @@ def optimizer_side(device, repeats):
     torch.manual_seed(0)
     for p in params:
         p.grad = torch.randn_like(p)
-    loop = LoopSAM(params, torch.optim.SGD, lr=0.0)
+    def time_loop(adaptive):
+        loop = LoopSAM(params, torch.optim.SGD, lr=0.0, adaptive=adaptive)
 
-    def loop_work():
-        loop.first_step()
-        for group in loop.param_groups:
-            for p in group["params"]:
-                p.data = loop.state[p]["old_p"]
+        def work():
+            loop.first_step()
+            for group in loop.param_groups:
+                for p in group["params"]:
+                    p.data = loop.state[p]["old_p"]
 
-    t_loop = timed(loop_work, device, repeats)
-    loop.state.clear()
-    loop_ada = LoopSAM(params, torch.optim.SGD, lr=0.0, adaptive=True)
+        t = timed(work, device, repeats)
+        loop.state.clear()
+        return t
 
-    def loop_ada_work():
-        loop_ada.first_step()
-        for group in loop_ada.param_groups:
-            for p in group["params"]:
-                p.data = loop_ada.state[p]["old_p"]
-
-    t_loop_ada = timed(loop_ada_work, device, repeats)
-    loop_ada.state.clear()
+    t_loop, t_loop_ada = time_loop(adaptive=False), time_loop(adaptive=True)
     ours = {
         "SAM": SAM(params, torch.optim.SGD, lr=0.0),
         "OBF": OBF(params, torch.optim.SGD, lr=0.0),  # the same step: OBF differs in h only
