@@ -3,8 +3,7 @@ batch R·b and micro_batch_size=b (ALGORITHMS.md §6)."""
 
 from __future__ import annotations
 
-import os
-import socket
+import gc
 
 import pytest
 import torch
@@ -35,36 +34,38 @@ def make_batches():
             for _ in range(STEPS)]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _train_replica(rank, build):
+    model = nn.parallel.DistributedDataParallel(make_model())
+    opt = build(model.parameters())
+    for x, y in make_batches():
+        sl = slice(rank * B, (rank + 1) * B)
+        perturbed_step(model, opt, x[sl], y[sl], F.cross_entropy)
+    return [p.detach().clone() for p in model.module.parameters()]
 
 
-def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank, world, store, out):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file store, not TCP: no port to race for, and no server living in rank 0 that the
+    # other rank still needs while it tears down.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        results = {}
-        for name, build in BUILDERS.items():
-            model = nn.parallel.DistributedDataParallel(make_model())
-            opt = build(model.parameters())
-            for x, y in make_batches():
-                sl = slice(rank * B, (rank + 1) * B)
-                perturbed_step(model, opt, x[sl], y[sl], F.cross_entropy)
-            results[name] = [p.detach() for p in model.module.parameters()]
+        # each DDP model lives and dies inside _train_replica, before the group is destroyed
+        # (a DDP reducer outliving its group can abort the process at exit)
+        results = {name: _train_replica(rank, build) for name, build in BUILDERS.items()}
+        gc.collect()
         if rank == 0:
             torch.save(results, out)
+        dist.barrier()  # both replicas are done before either leaves the group
     finally:
         dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp") / "params.pt"
+    tmp = tmp_path_factory.mktemp("ddp")
+    out = tmp / "params.pt"
     # one pair of processes runs every optimizer: spawning dominates the cost
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp / "store"), str(out)), nprocs=2, join=True)
     return torch.load(out, weights_only=True)
 
 
