@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import random
 import shutil
@@ -271,6 +272,10 @@ def train(config: TrainConfig | dict | str, *, data: DataBundle | None = None,
         with _StopSignal() as stop:
             return _train(cfg, env, data, callback, step_callback, stop)
     finally:
+        if env.distributed:
+            # The DDP wrapper must be gone before its process group: a reducer that outlives
+            # destroy_process_group can abort the process at exit.
+            gc.collect()
         cleanup_distributed(env)
 
 
