@@ -1,4 +1,4 @@
-"""The optimizer family against independent computations (ALGORITHMS.md §1–§7).
+"""The optimizer family against independent computations (docs/algorithms.md §1–§7).
 
 Every family member runs through the same checks (the REGISTRY below). References are
 written here with plain tensor math on a flat parameter vector and ``torch.func``; they
@@ -140,7 +140,7 @@ class FlatModel:
 
 
 def ref_descent_grad(fm, w, x, y, spec):
-    """ALGORITHMS.md §1 for one chunk: returns the (corrected) descent gradient."""
+    """docs/algorithms.md §1 for one chunk: returns the (corrected) descent gradient."""
     ce = lambda v: F.cross_entropy(fm.logits(v, x), y)  # noqa: E731
     if spec.obf is None:
         asc = ce

@@ -1,5 +1,5 @@
 """DDP (gloo, CPU, 2 processes): R replicas with local batch b equal one process with
-batch R·b and micro_batch_size=b (ALGORITHMS.md §6)."""
+batch R·b and micro_batch_size=b (docs/algorithms.md §6)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = list_presets(CONFIGS)
 
 
-# The rows of shared/spec/PAPER.md, one preset each (plus the popular PyTorch SAM's WRN run).
+# The rows of the OBF paper's settings table, one preset each (plus the popular PyTorch SAM's WRN run).
 WRAPPERS = ["sam", "gsam", "asam", "obf", "gsam_obf", "asam_obf"]
 EXPECTED = (
     [f"imagenet_vit_{m}_{w}" for m in ("s32", "s16") for w in ["adamw"] + WRAPPERS]

@@ -141,7 +141,7 @@ def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
         if cfg.eta is not None:
             family["eta"] = cfg.eta
         elif cfg.asam_form != "original":
-            family["eta"] = 0.0  # the OBF authors' two forms have no η (ALGORITHMS.md §3)
+            family["eta"] = 0.0  # the OBF authors' two forms have no η (docs/algorithms.md §3)
         family["adaptive_form"] = cfg.asam_form
         if w == "asam_obf":
             family["ascent_loss"] = OBFLoss(**obf_args)

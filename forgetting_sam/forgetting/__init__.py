@@ -1,6 +1,6 @@
 """Floor 2: forgetting — make what SAM's perturbation forgets observable and measurable.
 
-- Perturbed forgetting (ALGORITHMS.md §8): :func:`perturbed_forgetting` from the logits at
+- Perturbed forgetting (docs/algorithms.md §8): :func:`perturbed_forgetting` from the logits at
   ``w`` and ``w + ε`` (free during training: ``perturbed_step`` returns both), and
   :func:`measure_perturbed_forgetting` on any model or checkpoint.
 - Forgetting events (Toneva et al. 2019): :class:`ForgettingTracker`.

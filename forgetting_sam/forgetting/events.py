@@ -1,6 +1,6 @@
 """Forgetting events (Toneva et al., ICLR 2019), tracked per training example.
 
-Conventions (ALGORITHMS.md §8 and ours where it is silent), for one example over its
+Conventions (docs/algorithms.md §8 and ours where it is silent), for one example over its
 presentations ``1, 2, …`` with correctness ``c_1, c_2, …`` (argmax == label):
 
 - Before its first presentation an example counts as *not learned* (``c_0 = 0``).

@@ -234,7 +234,7 @@ def measure_perturbed_forgetting(
     """Perturbed forgetting of ``model`` on one batch, without training it.
 
     For each chunk of ``micro_batch_size`` examples (each chunk its own ``ε``, as in
-    ``perturbed_step``, ALGORITHMS.md §6): forward at ``w``, backward of
+    ``perturbed_step``, docs/algorithms.md §6): forward at ``w``, backward of
     ``optimizer.ascent_loss or loss_fn``, ``optimizer.first_step(zero_grad=True)``
     (``w ← w + ε``), forward at ``w + ε``, ``optimizer.restore()``. Then
     :func:`perturbed_forgetting` on the concatenated logits.

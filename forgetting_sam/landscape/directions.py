@@ -8,7 +8,7 @@ can be saved and loaded, so the same plane is drawn for every model being compar
     plane.save("plane.pt")
     plane = Plane.load("plane.pt")                   # later, or in another notebook
 
-Normalization (ALGORITHMS.md §8; Li et al., NeurIPS 2018) is relative to the weights of the
+Normalization (docs/algorithms.md §8; Li et al., NeurIPS 2018) is relative to the weights of the
 model the direction is drawn for:
 
 * ``"filter"`` (default): per output row ``f`` of each tensor with ≥ 2 dims, ``‖d_f‖ = ‖w_f‖``;

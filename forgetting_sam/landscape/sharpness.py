@@ -2,7 +2,7 @@
 
 ``S_ρ(w) = L(w + ε) − L(w)`` with ``ε = ρ g / ‖g‖``, ``g = ∇L(w)`` and ``‖·‖`` the global norm
 over all trainable parameters: the first-order solution of ``max_{‖ε‖≤ρ} L(w + ε) − L(w)``
-(ALGORITHMS.md §8). Variants:
+(docs/algorithms.md §8). Variants:
 
 * m-sharpness: each chunk of ``micro_batch_size`` examples gets its own ``g_j`` and ``ε_j``;
   the result is the size-weighted mean of the chunks' sharpness (§6);
@@ -32,7 +32,7 @@ from ._common import (
     trainable_named_parameters,
 )
 
-#: δ of ALGORITHMS.md: guards the division by the gradient norm.
+#: δ of docs/algorithms.md: guards the division by the gradient norm.
 DELTA = 1e-12
 
 

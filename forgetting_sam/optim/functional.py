@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-#: δ in ALGORITHMS.md: the guard against dividing by a zero norm.
+#: δ in docs/algorithms.md: the guard against dividing by a zero norm.
 DELTA = 1e-12
 
 #: The adaptive (ASAM) direction forms, see :func:`perturbed_weights`.
@@ -83,7 +83,7 @@ def perturbed_weights(
     """The perturbed weights ``w + ε``, ``ε = ρ · D(h, w)``, for several param groups at once.
 
     Norms are global over all groups; each group has its own ``ρ``, ASAM switch and ``η``
-    (ALGORITHMS.md §1). With ``T = |w| + η`` on adaptive groups and ``T = 1`` elsewhere:
+    (docs/algorithms.md §1). With ``T = |w| + η`` on adaptive groups and ``T = 1`` elsewhere:
 
     * ``form="original"`` (Kwon et al.): ``D = T² ⊙ h / (‖T ⊙ h‖ + δ)`` — SAM when no group
       is adaptive: ``D = h / (‖h‖ + δ)``;
@@ -162,7 +162,7 @@ def gsam_correct_(
     """GSAM's correction, in place: ``g ← g − α (h − ⟨h, ĝ⟩ ĝ)``, ``ĝ = g / (‖g‖ + δ)``.
 
     ``‖g‖`` and ``⟨h, ĝ⟩`` are global over all groups; each group's ``α`` scales the
-    correction of its own tensors (ALGORITHMS.md §1, §4). Rearranged as
+    correction of its own tensors (docs/algorithms.md §1, §4). Rearranged as
     ``g ← (1 + α ⟨h, g⟩ / (‖g‖ + δ)²) g − α h``: two passes over the gradients.
 
     Args:

@@ -1,4 +1,4 @@
-"""Ascent objectives: what the perturbation climbs (ALGORITHMS.md §1 step 1, §5).
+"""Ascent objectives: what the perturbation climbs (docs/algorithms.md §1 step 1, §5).
 
 SAM, ASAM and GSAM climb the training loss (``ascent_loss=None``). OBF climbs the
 output-bias-forgetting objective :func:`obf_loss`, which raises the true label's loss

@@ -1,4 +1,4 @@
-"""One perturb-then-descend mechanism (ALGORITHMS.md §1) and the four family members.
+"""One perturb-then-descend mechanism (docs/algorithms.md §1) and the four family members.
 
 :class:`PerturbedOptimizer` wraps a base optimizer (SGD, AdamW, ...). A step is
 
@@ -365,7 +365,7 @@ class OBF(PerturbedOptimizer):
     """Output bias forgetting (Vani et al., ICML 2024): SAM's mechanism ascending :func:`obf_loss`.
 
     Args:
-        gamma, lam, prob: the OBF objective's hyperparameters (ALGORITHMS.md §5).
+        gamma, lam, prob: the OBF objective's hyperparameters (docs/algorithms.md §5).
         adaptive / alpha (keywords): compose ASAM-OBF or GSAM-OBF.
 
     The two-step loop ascends ``opt.ascent_loss`` instead of the training loss::

@@ -1,4 +1,4 @@
-"""Schedules for ρ, which lives in each param group like ``lr`` (ALGORITHMS.md §4)."""
+"""Schedules for ρ, which lives in each param group like ``lr`` (docs/algorithms.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One training step for any optimizer: :func:`perturbed_step` (ALGORITHMS.md §1, §6, §7).
+"""One training step for any optimizer: :func:`perturbed_step` (docs/algorithms.md §1, §6, §7).
 
 It is the whole perturb-then-descend step for a family member, and an ordinary step for a
 plain ``torch.optim`` optimizer, so one training loop serves both. Read it top to bottom:
@@ -54,7 +54,7 @@ def bn_stats_frozen(model: nn.Module):
     """Keep every BatchNorm's running mean, variance and batch count untouched inside.
 
     In train mode BatchNorm still normalizes with the batch's statistics, so outputs are
-    unchanged; only the running-statistics update is suppressed (ALGORITHMS.md §7).
+    unchanged; only the running-statistics update is suppressed (docs/algorithms.md §7).
 
     Example:
         >>> with bn_stats_frozen(model):
