@@ -310,14 +310,3 @@ def model_direction(model_a: nn.Module, model_b: nn.Module, *, buffers: bool = F
         raise ValueError(f"model_b has trainable tensor {extra[0]!r} that model_a lacks")
     buffer_names = [n for n, _ in float_buffers(model_a)] if buffers else []
     return Direction(out, buffer_names)
-
-
-def eigen_directions(model: nn.Module, data, loss_fn, k: int = 2, **kwargs) -> list[Direction]:
-    """The top-``k`` Hessian eigenvectors (unit norm) as directions.
-
-    Keyword arguments go to :func:`~forgetting_sam.landscape.hessian_eigenvalues`
-    (``mode``, ``tol``, ``seed``, ...). For a plane: ``Plane(*eigen_directions(m, b, f, 2))``.
-    """
-    from .hessian import hessian_eigenvalues
-
-    return list(hessian_eigenvalues(model, data, loss_fn, k=k, **kwargs).vectors)
