@@ -205,8 +205,8 @@ def test_lanczos_does_not_stop_on_the_second_eigenvalue(eps):
     # first; only a stopping rule that bounds the error (the residual) keeps iterating.
     n = 200
     for seed in range(8):
-        A, v0, lam = hidden_top(n, eps, seed)
-        alphas, betas, Q, converged = lanczos(lambda v: A @ v, n, k=1, tol=1e-3, max_iter=100, v0=v0)
+        A, v0, _ = hidden_top(n, eps, seed)
+        alphas, betas, Q, converged = lanczos(lambda v, A=A: A @ v, n, k=1, tol=1e-3, max_iter=100, v0=v0)
         T = torch.diag(alphas) + torch.diag(betas, 1) + torch.diag(betas, -1)
         top = float(torch.linalg.eigvalsh(T)[-1])
         assert converged and abs(top - 4.383) <= 1e-3 * 4.383, (seed, top, len(alphas))
