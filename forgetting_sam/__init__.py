@@ -13,6 +13,7 @@ from .optim import (
     GSAM,
     OBF,
     SAM,
+    AscentLoss,
     OBFLoss,
     PerturbedOptimizer,
     ProportionalRho,
@@ -25,6 +26,6 @@ from .optim import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "SAM", "ASAM", "GSAM", "OBF", "obf_loss", "OBFLoss", "perturbed_step", "StepResult",
+    "SAM", "ASAM", "GSAM", "OBF", "obf_loss", "OBFLoss", "AscentLoss", "perturbed_step", "StepResult",
     "PerturbedOptimizer", "ProportionalRho", "bn_stats_frozen",
 ]

@@ -589,7 +589,7 @@ def test_step_without_closure_and_obf_closure_without_argument():
         loss.backward()
         return loss
 
-    with pytest.raises(TypeError, match="ascent_loss"):
+    with pytest.raises(RuntimeError, match="AscentLoss"):
         opt.step(closure)
 
 

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import compat
+from .ascent import ascent_pass
 from .functional import ASAM_FORMS, gsam_correct_, perturbed_weights
 from .objectives import OBFLoss
 
@@ -89,8 +91,8 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         params: Iterable[Any],
         base_optimizer: type[torch.optim.Optimizer],
         rho: float = 0.05,
-        *,
         adaptive: bool = False,
+        *,
         eta: float = 0.0,
         alpha: float = 0.0,
         adaptive_form: str = "original",
@@ -107,7 +109,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         defaults = dict(rho=rho, adaptive=adaptive, eta=eta, alpha=alpha, adaptive_form=adaptive_form)
         _check_group(defaults)
         super().__init__(params, defaults)
-        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self.base_optimizer = compat.base_optimizer_or_explain(self, base_optimizer, self.param_groups, base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self.ascent_loss = ascent_loss
@@ -129,7 +131,12 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         self.base_optimizer.add_param_group(param_group)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a :meth:`state_dict` (base state, and per-group ``rho``, ``alpha``, ...)."""
+        """Load a :meth:`state_dict` (base state, and per-group ``rho``, ``alpha``, ...).
+
+        A state_dict of the popular PyTorch SAM loads with a ``UserWarning``: it has no
+        base-optimizer state (momentum restarts from zero) and its weight copies are dropped.
+        """
+        state_dict = compat.from_peer_state_dict(self, state_dict)
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
@@ -159,12 +166,17 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         return forms.pop() if forms else "original"
 
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = False) -> None:
+    def first_step(self, zero_grad: bool = False, *, scaler: "torch.amp.GradScaler | None" = None) -> None:
         """Perturb: ``w ← w + ε`` from the ascent gradients now in ``.grad``.
 
         Parameters without ``.grad`` are not perturbed. A zero gradient gives ``ε = 0``.
         A NaN or Inf gradient leaves the weights unperturbed and marks the step to be
         skipped: :meth:`second_step` then takes no base step (the weights stay as they are).
+
+        ``scaler``: the ``torch.amp.GradScaler`` whose ``scaler.scale(loss).backward()``
+        filled ``.grad``. The ascent gradient is divided by its scale here, before the norm
+        (the scaler's own ``unscale_`` is left for the descent); pass the same scaler to
+        :meth:`second_step`.
         """
         if self._perturbed is not None:
             raise RuntimeError("first_step() called twice: call second_step() or restore() first")
@@ -172,8 +184,13 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         flat = [p for ps in params for p in ps]
         self._skip = False
         self._perturbed = []
+        self._h_scale = None
         if not flat:
             return
+        scale = compat.scaler_scale(scaler)
+        if scale is not None:
+            compat.unscale_ascent_([h for hs in grads for h in hs], scale)
+            self._h_scale = scale  # GSAM's saved h is in true units, .grad of g_p scaled
         device = flat[0].device
         groups = self.param_groups
         with _autocast_off(device):
@@ -181,6 +198,9 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 params, grads,
                 rho=[g["rho"] for g in groups], adaptive=[g["adaptive"] for g in groups],
                 eta=[g["eta"] for g in groups], form=self._form(),
+                # .grad is released below: build w + ε in its storage (no allocation), unless
+                # h must outlive this call (GSAM keeps it; so must any rule that reuses h).
+                into_grads=zero_grad and not any(g["alpha"] for g in groups),
             )
         if weights is None:
             self._skip = True
@@ -234,6 +254,8 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 descent.append([g for g, _ in pairs])
                 asc.append([h for _, h in pairs])
             flat = [t for ts in descent for t in ts]
+            if flat and self._h_scale is not None:
+                torch._foreach_mul_([h for hs in asc for h in hs], self._h_scale)
             if flat:
                 with _autocast_off(flat[0].device):
                     gsam_correct_(descent, asc, [g["alpha"] for g in self.param_groups])
@@ -245,15 +267,24 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         self._opt_called = True
 
     @torch.no_grad()
-    def second_step(self, zero_grad: bool = False) -> None:
+    def second_step(self, zero_grad: bool = False, *, scaler: "torch.amp.GradScaler | None" = None) -> None:
         """Restore ``w`` exactly, apply GSAM's correction, then the base optimizer's step.
 
         If :meth:`first_step` saw a non-finite gradient, no base step is taken and a
         ``RuntimeWarning`` says so; the weights are left as they were.
+
+        ``scaler``: the GradScaler of the two backward passes (the same one given to
+        :meth:`first_step`). The descent gradient is unscaled (``scaler.unscale_`` on
+        ``base_optimizer``, unless you already called it there, e.g. to clip), then
+        ``scaler.step(base_optimizer)`` and ``scaler.update()`` run here: an overflow in
+        either pass skips the base step with ``w`` restored and backs off the scale, silently,
+        as in any fp16 step.
         """
         if self._perturbed is None:
             raise RuntimeError("second_step() without a preceding first_step()")
-        if self.unperturb():
+        if compat.scaler_scale(scaler) is not None:
+            self._scaled_second_step(scaler)
+        elif self.unperturb():
             self.base_optimizer.step()
         else:
             warnings.warn(
@@ -265,14 +296,48 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         if zero_grad:
             self.zero_grad(set_to_none=True)
 
-    def step(self, closure: Callable[..., Tensor] | None = None) -> Tensor:  # type: ignore[override]
+    def _scaled_second_step(self, scaler: "torch.amp.GradScaler") -> None:
+        if self._skip:
+            self.restore()
+            compat.report_overflow(scaler, self.base_optimizer)
+            return
+        compat.unscale_descent_(scaler, self, self.base_optimizer)
+        self._h_scale = None  # g_p now in true units, like the saved h
+        self.unperturb()
+        scaler.step(self.base_optimizer)
+        scaler.update()
+
+    def step(self, closure: Callable[..., Tensor] | None = None, *,  # type: ignore[override]
+             scaler: "torch.amp.GradScaler | None" = None) -> Tensor:
         """One full step with the standard torch closure; returns the first (unperturbed) loss.
 
         The closure zeroes the gradients, runs forward and backward of the training loss
-        and returns the loss. It is called twice, at ``w`` and at ``w + ε``.
+        and returns the loss. It is called twice, at ``w`` and at ``w + ε``; no backward
+        is needed before ``step`` (gradients found there are warned about once: that is the
+        popular SAM's style, and the backward is wasted).
 
-        With an ascent objective (OBF), the closure must accept ``ascent_loss`` and
-        backpropagate it instead of the training loss when it is given::
+        With an ascent objective (OBF, GSAM-OBF, ASAM-OBF) the first call must
+        backpropagate the ascent objective. Compute the loss with
+        :class:`~forgetting_sam.AscentLoss` and the closure needs nothing else: the first
+        call runs inside :func:`~forgetting_sam.optim.ascent_pass`, where it returns the
+        objective's gradient (with the training loss's value). The same closure serves SGD
+        and every member::
+
+            criterion = forgetting_sam.AscentLoss(F.cross_entropy)
+
+            def closure():
+                opt.zero_grad()
+                loss = criterion(model(x), y)
+                loss.backward()
+                return loss
+
+        A closure that calls no AscentLoss raises a ``RuntimeError`` with OBF (it would
+        ascend the training loss). ``scaler``: a ``torch.amp.GradScaler``; the closure
+        backpropagates ``scaler.scale(loss)``, and ``step`` unscales, skips on overflow in
+        either pass (``w`` restored) and updates the scale (see :meth:`second_step`).
+
+        The older contract still works: a closure that accepts ``ascent_loss`` is called
+        with the objective (``None`` for SAM, GSAM, ASAM) and backpropagates it when given::
 
             def closure(ascent_loss=None):
                 opt.zero_grad()
@@ -288,25 +353,21 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 f"{type(self).__name__}.step() needs a closure (it evaluates the loss twice); "
                 "or use first_step()/second_step(), or forgetting_sam.perturbed_step()"
             )
-        if self.ascent_loss is None:
-            with torch.enable_grad():
-                loss = closure()
-        else:
-            if not _accepts_ascent_loss(closure):
-                raise TypeError(
-                    f"{type(self).__name__} ascends {self.ascent_loss!r}, so the closure must "
-                    "accept it: def closure(ascent_loss=None): ... "
-                    "(ascent_loss(logits, y) if ascent_loss else loss).backward(); return loss"
-                )
-            with torch.enable_grad():
+        compat.warn_if_grads_present(self)
+        with torch.enable_grad():
+            if _accepts_ascent_loss(closure):
                 loss = closure(ascent_loss=self.ascent_loss)
-        self.first_step(zero_grad=True)
+            else:
+                with ascent_pass(self):
+                    loss = closure()
+        self.first_step(zero_grad=True, scaler=scaler)
         if self._skip:
-            self.second_step()
+            self.second_step(scaler=scaler)
             return loss
         with torch.enable_grad():
             closure()
-        self.second_step()
+        self.second_step(scaler=scaler)
+        compat.remember_grads(self)
         return loss
 
 
@@ -332,7 +393,7 @@ class SAM(PerturbedOptimizer):
     ``adaptive=True`` gives ASAM's direction; ``ascent_loss=OBFLoss()`` gives SAM-OBF.
     """
 
-    def __init__(self, params, base_optimizer, rho: float = 0.05, *, adaptive: bool = False,
+    def __init__(self, params, base_optimizer, rho: float = 0.05, adaptive: bool = False, *,
                  eta: float = 0.0, **kwargs):
         super().__init__(params, base_optimizer, rho, adaptive=adaptive, eta=eta, **kwargs)
 

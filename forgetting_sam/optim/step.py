@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .ascent import ascent_pass
 from .perturbed import PerturbedOptimizer
 
 
@@ -30,7 +31,9 @@ class StepResult:
 
     Attributes:
         loss: 0-d, the size-weighted mean of the micro-batches' training losses at ``w``.
-        logits: (N, ...) model outputs at ``w``, micro-batches concatenated in order.
+        logits: (N, ...) model outputs at ``w``, micro-batches concatenated in order;
+            with ``compute_loss=``, the logits it returns, or None when it returns the loss
+            alone (then ``perturbed_logits`` is None too).
         perturbed_loss: 0-d, the same at ``w + ε`` (None for a plain optimizer).
         perturbed_logits: (N, ...) outputs at ``w + ε``, each micro-batch at its own ``ε``
             (None for a plain optimizer). The forgetting measures read these for free.
@@ -42,7 +45,7 @@ class StepResult:
     """
 
     loss: Tensor
-    logits: Tensor
+    logits: Tensor | None
     perturbed_loss: Tensor | None = None
     perturbed_logits: Tensor | None = None
     skipped: bool = False
@@ -117,6 +120,71 @@ def _forward(model: nn.Module, x: Any) -> Tensor:
     return model(x)
 
 
+def _unpack(result: Any) -> tuple[Tensor, Tensor | None]:
+    if isinstance(result, Tensor):
+        loss, out = result, None
+    elif isinstance(result, (tuple, list)) and len(result) == 2 and isinstance(result[0], Tensor):
+        loss, out = result
+    else:
+        raise TypeError(
+            "compute_loss(model, batch) must return the training loss (a 0-d tensor) or a tuple "
+            f"(loss, logits), got {type(result).__name__}"
+        )
+    if loss.dim() != 0:
+        raise ValueError(
+            f"compute_loss(model, batch) returned a loss of shape {tuple(loss.shape)}; it must be "
+            "0-d (mean-reduce it over the batch)"
+        )
+    if out is not None and not isinstance(out, Tensor):
+        raise TypeError(
+            f"compute_loss(model, batch) returned logits of type {type(out).__name__}; return a "
+            "tensor (e.g. outputs.logits of a ModelOutput) or the loss alone"
+        )
+    return loss, out
+
+
+def _evaluator(model: nn.Module, optimizer, targets, loss_fn, compute_loss) -> Callable:
+    """``evaluate(batch_chunk, a, b, ascent) -> (objective to backpropagate, loss, logits)``."""
+    if compute_loss is None:
+        def evaluate(x, a, b, ascent):
+            y = targets[a:b]
+            out = _forward(model, x)
+            loss = loss_fn(out, y)
+            objective = optimizer.ascent_loss(out, y) if ascent and optimizer.ascent_loss else loss
+            return objective, loss, out
+        return evaluate
+
+    def evaluate(x, a, b, ascent):
+        # The ascent call runs inside ascent_pass: an AscentLoss in compute_loss then returns
+        # the optimizer's ascent objective (OBF), and OBF without one raises.
+        with ascent_pass(optimizer) if ascent else contextlib.nullcontext():
+            loss, out = _unpack(compute_loss(model, x))
+        return loss, loss, out
+    return evaluate
+
+
+def _check_forms(n: int, targets, loss_fn, compute_loss) -> None:
+    if compute_loss is not None:
+        if targets is not None or loss_fn is not None:
+            raise TypeError(
+                "perturbed_step takes either (inputs, targets, loss_fn) or (batch, "
+                "compute_loss=fn), not both: drop targets and loss_fn, or compute_loss"
+            )
+        if not callable(compute_loss):
+            raise TypeError(f"compute_loss must be a callable (model, batch) -> loss, got {compute_loss!r}")
+        return
+    if targets is None or loss_fn is None:
+        raise TypeError(
+            "perturbed_step needs targets and loss_fn (perturbed_step(model, opt, x, y, loss_fn)), "
+            "or compute_loss=fn(model, batch) returning the loss or (loss, logits)"
+        )
+    if not isinstance(targets, Tensor) or targets.shape[0] != n:
+        got = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+        raise ValueError(
+            f"inputs and targets must have the same batch size: inputs has {n}, targets {got}"
+        )
+
+
 def _backward(objective: Tensor, scaler) -> None:
     (scaler.scale(objective) if scaler is not None else objective).backward()
 
@@ -142,9 +210,10 @@ def perturbed_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     inputs: Any,
-    targets: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    targets: Tensor | None = None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     *,
+    compute_loss: Callable[[nn.Module, Any], Any] | None = None,
     micro_batch_size: int | None = None,
     scaler: "torch.amp.GradScaler | None" = None,
     replay_dropout: bool = False,
@@ -161,6 +230,14 @@ def perturbed_step(
             (``model(**inputs)``) of tensors with the batch on dim 0.
         targets: (N, ...) targets for ``loss_fn``.
         loss_fn: ``(outputs, targets) -> scalar``, mean-reduced over the batch.
+        compute_loss: instead of ``targets`` and ``loss_fn``: ``fn(model, batch)`` returning
+            the training loss (0-d, mean-reduced) or ``(loss, logits)``; ``inputs`` is then
+            the whole batch (tensor, tuple/list or dict of tensors, e.g. a Hugging Face batch
+            with ``labels`` inside), sliced on dim 0 for ``micro_batch_size``. ``fn`` unpacks
+            whatever the model returns (a ``ModelOutput``: ``out.loss``, ``out.logits``).
+            Its ascent call runs inside :func:`~forgetting_sam.optim.ascent_pass`, so with an
+            ascent objective (OBF) it must compute the loss with
+            :class:`~forgetting_sam.AscentLoss`, or a ``RuntimeError`` says so.
         micro_batch_size: m-sharpness (§6): chunks of ``m`` examples, each with its own ``ε``;
             the descent gradient is the size-weighted mean over chunks (a ragged last chunk
             counts by its size). ``None``: the whole batch. Each chunk's unperturbed forward
@@ -193,11 +270,7 @@ def perturbed_step(
         >>> out.loss, out.logits.shape
     """
     n = _batch_len(inputs)
-    if not isinstance(targets, Tensor) or targets.shape[0] != n:
-        got = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-        raise ValueError(
-            f"inputs and targets must have the same batch size: inputs has {n}, targets {got}"
-        )
+    _check_forms(n, targets, loss_fn, compute_loss)
     if n == 0:
         raise ValueError("perturbed_step got an empty batch (batch size 0)")
     if micro_batch_size is not None and (
@@ -211,6 +284,7 @@ def perturbed_step(
         raise ValueError(f"Invalid clip_grad_norm: {clip_grad_norm} (a positive number, or None)")
 
     family = isinstance(optimizer, PerturbedOptimizer)
+    evaluate = _evaluator(model, optimizer, targets, loss_fn, compute_loss)
     base = optimizer.base_optimizer if family else optimizer
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     no_sync = model.no_sync if ddp else contextlib.nullcontext
@@ -232,29 +306,28 @@ def perturbed_step(
     skipped = False
     try:
         for a, b in chunks:
-            x, y, size = _slice(inputs, a, b), targets[a:b], b - a
+            x, size = _slice(inputs, a, b), b - a
             rng = _rng_snapshot(device) if (family and replay_dropout) else None
             # (1) forward at w, backward of the ascent objective
             with no_sync():
-                out = _forward(model, x)
-                loss = loss_fn(out, y)
-                ascent = optimizer.ascent_loss if family else None
-                _backward(ascent(out, y) if ascent is not None else loss, scaler)
+                objective, loss, out = evaluate(x, a, b, ascent=family)
+                _backward(objective, scaler)
             losses.append(loss.detach() * size)
-            logits.append(out.detach())
+            if out is not None:
+                logits.append(out.detach())
             if family:
                 # (2) w <- w + ε
-                optimizer.first_step(zero_grad=True)
+                optimizer.first_step(zero_grad=True, scaler=scaler)
                 if optimizer._skip:
                     skipped = True
                     break
                 # (3) forward and backward of the training loss at w + ε
                 with bn_stats_frozen(model), no_sync(), _replayed_rng(rng):
-                    p_out = _forward(model, x)
-                    p_loss = loss_fn(p_out, y)
+                    _, p_loss, p_out = evaluate(x, a, b, ascent=False)
                     _backward(p_loss, scaler)
                 p_losses.append(p_loss.detach() * size)
-                p_logits.append(p_out.detach())
+                if p_out is not None:
+                    p_logits.append(p_out.detach())
                 # (4) w exactly back, GSAM's correction; g_p is in .grad
                 optimizer.unperturb()
             if not direct:
@@ -271,7 +344,7 @@ def perturbed_step(
 
     result = StepResult(
         loss=torch.stack(losses).sum() / n,
-        logits=torch.cat(logits),
+        logits=torch.cat(logits) if logits else None,
         perturbed_loss=torch.stack(p_losses).sum() / n if p_losses else None,
         perturbed_logits=torch.cat(p_logits) if p_logits else None,
     )
