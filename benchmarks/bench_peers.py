@@ -14,7 +14,10 @@ median of ``--repeats`` steps) and the reported time is the median over rounds, 
 machine load hits all alike. Printed: ms per step, ours / each peer, ours / fastest peer
 (goal ≤ 1.00), and each step / (2 × SGD).
 
-Run: ``python benchmarks/bench_peers.py [--threads 1] [--rounds 5] [--repeats 5]``.
+Also the optimizer-side work alone on the ViT-S/32 parameter list (ASAM vs the loop's adaptive
+mode, GSAM vs our SAM), interleaved the same way.
+
+Run: ``python benchmarks/bench_peers.py [--threads 1] [--rounds 5] [--repeats 5] [--only full|optimizer]``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from bench_step import LoopSAM, mlp, small_cnn, timed
+from bench_step import LoopSAM, mlp, released_step, small_cnn, timed, vit_params
 from forgetting_sam import ASAM, GSAM, OBF, SAM, perturbed_step
 
 RHO = {"SAM": 0.05, "ASAM": 0.5, "GSAM": 0.05}
@@ -121,17 +124,69 @@ def bench(model_name, build, x, y, rounds, repeats):
         print(f"| {fam} | {ours_t * 1e3:.2f} ({ours_t / sgd2:.3f}) | {peer_txt} | {ratio_txt} | {fastest} |")
 
 
+def optimizer_side(rounds, repeats):
+    """Perturb + restore on the ViT-S/32 parameter list (22.9M), interleaved rounds.
+
+    Ours as ``perturbed_step`` calls it: ``first_step(zero_grad=True)`` (the ascent ``.grad``
+    is released), new descent gradients in ``.grad``, ``unperturb()`` (GSAM corrects them).
+    The reference loop keeps its gradients and restores its copies, as it does in training.
+    """
+    params = vit_params(torch.device("cpu"))
+    torch.manual_seed(0)
+    ascent = [torch.randn_like(p) for p in params]
+    descent = [torch.randn_like(p) for p in params]
+    device = params[0].device
+
+    def loop_work(adaptive):
+        loop = LoopSAM(params, torch.optim.SGD, lr=0.0, adaptive=adaptive)
+
+        def work():
+            for p, h in zip(params, ascent):
+                p.grad = h
+            loop.first_step()
+            for group in loop.param_groups:
+                for p in group["params"]:
+                    p.data = loop.state[p]["old_p"]
+        return work
+
+    def ours_work(opt):
+        return lambda: released_step(opt, params, ascent, descent)
+
+    runs = {
+        "loop SAM": loop_work(False),
+        "loop ASAM": loop_work(True),
+        "ours SAM": ours_work(SAM(params, torch.optim.SGD, lr=0.0)),
+        "ours ASAM": ours_work(ASAM(params, torch.optim.SGD, eta=0.0, lr=0.0)),  # the loop's form (η = 0)
+        "ours GSAM": ours_work(GSAM(params, torch.optim.SGD, alpha=0.4, lr=0.0)),
+    }
+    times = {k: [] for k in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            times[name].append(timed(fn, device, repeats))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print("\nOptimizer side, ViT-S/32 parameter list (22.9M), perturb + restore: " +
+          ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in med.items()))
+    print(f"| SAM: loop / ours | {med['loop SAM'] / med['ours SAM']:.2f}x |")
+    print(f"| ASAM: loop adaptive / ours (goal ≥ 2.0) | {med['loop ASAM'] / med['ours ASAM']:.2f}x |")
+    print(f"| GSAM / our SAM (goal ≤ 1.5) | {med['ours GSAM'] / med['ours SAM']:.2f}x |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", choices=["full", "optimizer"], help="one of the two parts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from importlib.metadata import version
 
     print(f"torch {torch.__version__}; pytorch-optimizer {version('pytorch-optimizer')}; "
           f"{args.threads} thread(s); {args.rounds} interleaved rounds × median of {args.repeats} steps")
+    if args.only != "full":
+        optimizer_side(args.rounds, args.repeats)
+    if args.only == "optimizer":
+        return
     x = torch.randn(128, 3, 32, 32)
     y = torch.randint(0, 10, (128,))
     bench("small CNN (batch 128, 32×32×3)", small_cnn, x, y, args.rounds, args.repeats)

@@ -153,6 +153,17 @@ def full_step(device, repeats):
         print(f"   {model_name:9s}: " + "   ".join(row))
 
 
+def released_step(opt, params, ascent, descent):
+    """Optimizer-side work as inside ``perturbed_step``: ``first_step`` releases the ascent
+    ``.grad``, the descent pass brings new gradients, ``unperturb`` (GSAM corrects those)."""
+    for p, h in zip(params, ascent):
+        p.grad = h
+    opt.first_step(zero_grad=True)
+    for p, g in zip(params, descent):
+        p.grad = g
+    opt.unperturb()
+
+
 def optimizer_side(device, repeats):
     print("\n2. Perturb + restore on ViT-S/32 parameters (22.9M): loop time / ours   [goal ≥ 1.8× CPU, ≥ 3× GPU]")
     params = vit_params(device)
@@ -191,12 +202,7 @@ def optimizer_side(device, repeats):
             opt.unperturb()
 
         def release(opt=opt):
-            for p, h in zip(params, ascent):
-                p.grad = h
-            opt.first_step(zero_grad=True)
-            for p, g in zip(params, descent):
-                p.grad = g
-            opt.unperturb()
+            released_step(opt, params, ascent, descent)
 
         times[name] = timed(kept, device, repeats)
         released[name] = timed(release, device, repeats)

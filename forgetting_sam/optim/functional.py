@@ -79,6 +79,8 @@ def perturbed_weights(
     adaptive: Sequence[bool],
     eta: Sequence[float],
     form: str = "original",
+    *,
+    into_grads: bool = False,
 ) -> tuple[list[list[Tensor]] | None, float]:
     """The perturbed weights ``w + ε``, ``ε = ρ · D(h, w)``, for several param groups at once.
 
@@ -94,6 +96,12 @@ def perturbed_weights(
         params, grads: per group, lists of same-shaped tensors (``w`` and ``h``).
         rho, adaptive, eta: per group.
         form: one of :data:`ASAM_FORMS`; only matters on adaptive groups.
+        into_grads: on the CPU, write ``w + ε`` into the tensors of ``grads`` themselves
+            (the caller releases ``.grad`` right after, as ``first_step(zero_grad=True)``
+            does): no parameter-sized allocation at all, which on the CPU means no fresh
+            pages to fault in every step. Same arithmetic, bit-identical results. A gradient
+            that is a view (DDP's ``gradient_as_bucket_view``) or differs from its parameter
+            in dtype or strides gets a new tensor instead.
     Returns:
         ``(weights, norm)``: ``w + ε`` per group as new tensors (the only parameter-sized
         allocation), and the denominator norm as a float. When the norm is not finite
@@ -106,6 +114,7 @@ def perturbed_weights(
     """
     if form not in ASAM_FORMS:
         raise ValueError(f"Invalid adaptive_form: {form!r} (allowed: {', '.join(ASAM_FORMS)})")
+    into = into_grads and any(len(h) for h in grads) and next(t for h in grads for t in h).device.type == "cpu"
     bufs: list[list[Tensor] | None] = []
     squares: list[Tensor] = []
     for w, h, ada, e in zip(params, grads, adaptive, eta):
@@ -117,20 +126,20 @@ def perturbed_weights(
             bufs.append(None)  # SAM group: w + ε is made in one fused pass below
             squares.append(global_norm(h) ** 2)
             continue
-        if form == "original" and not e:
-            buf = torch._foreach_mul(w, w)  # T² = w² when η = 0: one pass instead of two
+        if not into:
+            buf, square = _adaptive_numerator(w, h, e, form)
         else:
-            buf = torch._foreach_abs(w)
-            if e:
-                torch._foreach_add_(buf, e)
-            if form == "original":
-                torch._foreach_mul_(buf, buf)  # T²
-        if form == "original":
-            torch._foreach_mul_(buf, h)  # T² ⊙ h
-            squares.append(global_dot(buf, h))  # ‖T ⊙ h‖² = ⟨T² ⊙ h, h⟩, no extra copy
-        else:
-            torch._foreach_mul_(buf, h)  # T ⊙ h
-            squares.append(global_norm(h if form == "after" else buf) ** 2)
+            # Tensor by tensor, so only one tensor-sized temporary is alive at a time; the
+            # per-tensor pieces are combined exactly as the whole-list kernels combine them.
+            buf, pieces = [], []
+            for wi, hi in zip(w, h):
+                (bi,), piece = _adaptive_numerator([wi], [hi], e, form, combine=False)
+                if _reusable(wi, hi):
+                    bi = hi.copy_(bi)
+                buf.append(bi)
+                pieces.append(piece)
+            square = _combine(pieces, h, form)
+        squares.append(square)
         bufs.append(buf)
     if not squares:
         return [[] for _ in bufs], 0.0
@@ -145,6 +154,9 @@ def perturbed_weights(
         scale = r / (norm + DELTA)
         if not h:
             out.append([])
+        elif buf is None and into:
+            out.append([torch.add(wi, hi, alpha=scale, out=hi) if _reusable(wi, hi) else torch.add(wi, hi, alpha=scale)
+                        for wi, hi in zip(w, h)])
         elif buf is None:
             out.append(torch._foreach_add(w, h, alpha=scale))
         else:
@@ -152,6 +164,41 @@ def perturbed_weights(
             torch._foreach_add_(buf, w)
             out.append(buf)
     return out, norm
+
+
+def _reusable(w: Tensor, h: Tensor) -> bool:
+    """Whether gradient ``h`` may be overwritten to become the storage of ``w + ε``."""
+    return (h._base is None and h.dtype == w.dtype and h.device == w.device and h.shape == w.shape
+            and h.stride() == w.stride() and h.data_ptr() != w.data_ptr())
+
+
+def _adaptive_numerator(w: list[Tensor], h: list[Tensor], e: float, form: str, combine: bool = True):
+    """``(T² ⊙ h or T ⊙ h, its squared norm)`` for one adaptive group (a new buffer).
+
+    With ``combine=False`` the norm comes back as the per-tensor pieces (inner products for
+    ``"original"``, norms otherwise) for :func:`_combine`.
+    """
+    if form == "original" and not e:
+        buf = torch._foreach_mul(w, w)  # T² = w² when η = 0: one pass instead of two
+    else:
+        buf = torch._foreach_abs(w)
+        if e:
+            torch._foreach_add_(buf, e)
+        if form == "original":
+            torch._foreach_mul_(buf, buf)  # T²
+    torch._foreach_mul_(buf, h)  # T² ⊙ h ("original") or T ⊙ h
+    if form == "original":  # ‖T ⊙ h‖² = ⟨T² ⊙ h, h⟩, no extra copy
+        pieces = [torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(buf, h)]
+    else:
+        pieces = list(torch._foreach_norm(h if form == "after" else buf))
+    return buf, (_combine(pieces, h, form) if combine else pieces[0])
+
+
+def _combine(pieces: list[Tensor], like: list[Tensor], form: str) -> Tensor:
+    # The reductions of global_dot and global_norm, from their per-tensor pieces.
+    if form == "original":
+        return _stack(pieces, like).sum()
+    return torch.linalg.vector_norm(_stack(pieces, like)) ** 2
 
 
 def gsam_correct_(
@@ -174,7 +221,13 @@ def gsam_correct_(
     flat_h = [t for group in ascent for t in group]
     if not flat_g:
         return
-    coef = global_dot(flat_h, flat_g) / (global_norm(flat_g) + DELTA) ** 2
+    # ⟨h, g⟩ and ‖g‖ tensor by tensor in one sweep, while each tensor is still in cache
+    # (the same per-tensor values global_dot and global_norm would combine).
+    dots, norms = [], []
+    for h, g in zip(flat_h, flat_g):
+        dots.append(torch.vdot(h.reshape(-1), g.reshape(-1)))
+        norms.append(torch.linalg.vector_norm(g))
+    coef = _stack(dots, flat_h).sum() / (torch.linalg.vector_norm(_stack(norms, flat_g)) + DELTA) ** 2
     for g, h, a in zip(descent, ascent, alpha):
         if not a or not g:
             continue
