@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@echo ">> creating the virtual environment in $(VENV) (with $(PYTHON))"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo ">> installing forgetting_sam and its dev tools into $(VENV) (torch is the big one)"
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev]' 2>&1 \
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev,integrations]' 2>&1 \
 		| { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	@echo ">> registering the notebook kernel"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from forgetting_sam.engine import ConfigError, DataBundle, list_presets, make_config, train
+from forgetting_sam.engine import PRESETS_DIR, ConfigError, DataBundle, list_presets, make_config, train
 from forgetting_sam.engine.config import (
     DEMO_OPTIMIZERS,
     config_to_dict,
@@ -18,7 +17,7 @@ from forgetting_sam.engine.config import (
 )
 from forgetting_sam.optim import PerturbedOptimizer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = PRESETS_DIR  # package data: forgetting_sam/configs
 PRESETS = list_presets(CONFIGS)
 
 

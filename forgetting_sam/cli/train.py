@@ -183,7 +183,7 @@ def register(subparsers) -> None:
                     "base: chain), then the options below. Every key of the config is an option.",
     )
     p.add_argument("--config", "-c", default=None, metavar="PRESET",
-                   help="a YAML file or a preset name from configs/ (see --list-presets)")
+                   help="a YAML file or a preset name (see --list-presets)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     _add_config_arguments(p)

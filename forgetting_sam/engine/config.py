@@ -1,13 +1,13 @@
 """One flat training config: every knob in one dataclass, YAML presets, ``--key value`` overrides.
 
-A run is fully described by a :class:`TrainConfig`. Presets are small YAML files in ``configs/``;
+A run is fully described by a :class:`TrainConfig`. Presets are small YAML files in ``forgetting_sam/configs/``;
 a preset may start with ``base: other.yaml`` to inherit another and change a few keys. The
 precedence is: dataclass defaults < the ``base`` chain < the preset < command-line overrides.
 Unknown keys are errors that name the key and its closest valid spellings, never silently
 ignored. The resolved config is saved next to every run as ``config.yaml``.
 
 Example:
-    >>> cfg = make_config("configs/digits_sam.yaml", {"epochs": 3, "rho": 0.1})
+    >>> cfg = make_config("digits_sam", {"epochs": 3, "rho": 0.1})
     >>> cfg.wrapper, cfg.rho
     ('sam', 0.1)
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import json
 import os
 from collections.abc import Mapping
@@ -51,9 +52,10 @@ class ConfigError(ValueError):
 OPTIMIZERS = ("sgd", "adamw")
 WRAPPERS = ("none", "sam", "asam", "gsam", "obf", "gsam_obf", "asam_obf")
 
-# Where presets live in a source checkout (``pip install -e .``); a preset name such as
-# ``digits_sam`` is looked up here.
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The package's presets, ``forgetting_sam/configs`` (package data), found through
+# importlib.resources so a checkout (``pip install -e .``) and an installed wheel agree. A
+# preset name such as ``digits_sam`` is looked up here.
+PRESETS_DIR = Path(str(importlib.resources.files("forgetting_sam") / "configs"))
 
 
 def _knob(default, help: str, choices: tuple | None = None, group: str = "misc"):
@@ -331,7 +333,7 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ files
 def list_presets(directory: str | os.PathLike | None = None) -> list[str]:
-    """Names of the preset files (without ``.yaml``) in ``configs/``; ``_``-prefixed bases excluded."""
+    """Names of the preset files (without ``.yaml``) in :data:`PRESETS_DIR`; ``_``-prefixed bases excluded."""
     d = Path(directory) if directory is not None else PRESETS_DIR
     if not d.is_dir():
         return []
@@ -339,7 +341,7 @@ def list_presets(directory: str | os.PathLike | None = None) -> list[str]:
 
 
 def resolve_preset(name_or_path: str | os.PathLike, *, relative_to: Path | None = None) -> Path:
-    """A YAML path from a path or a preset name (``digits_sam`` → ``configs/digits_sam.yaml``)."""
+    """A YAML path from a path or a preset name (``digits_sam`` → ``PRESETS_DIR/digits_sam.yaml``)."""
     p = Path(name_or_path)
     candidates = [p]
     if relative_to is not None and not p.is_absolute():
@@ -412,7 +414,7 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
 
 # ------------------------------------------------------------------------------ the demo
 # The quickstart (`make demo`, `forgetting-sam demo`): one small CNN on scikit-learn's digits,
-# trained with each optimizer. configs/digits_*.yaml hold the same settings (a test checks).
+# trained with each optimizer. forgetting_sam/configs/digits_*.yaml hold the same settings (a test checks).
 DEMO_BASE: dict[str, Any] = dict(
     dataset="digits", model="cnn", epochs=40, batch_size=64, optimizer="sgd", lr=0.05, momentum=0.9,
     weight_decay=5e-4, lr_schedule="cosine", warmup_epochs=1, label_noise=0.4, seed=0,
