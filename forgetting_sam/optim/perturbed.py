@@ -301,7 +301,11 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             self.restore()
             compat.report_overflow(scaler, self.base_optimizer)
             return
-        compat.unscale_descent_(scaler, self, self.base_optimizer)
+        try:
+            compat.unscale_descent_(scaler, self, self.base_optimizer)
+        except BaseException:
+            self.restore()  # never leave w + ε behind
+            raise
         self._h_scale = None  # g_p now in true units, like the saved h
         self.unperturb()
         scaler.step(self.base_optimizer)
