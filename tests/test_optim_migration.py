@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -137,3 +138,31 @@ def test_our_own_checkpoint_loads_silently():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build("sam", mlp()).load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize("use_scaler", [False, True], ids=["fp32", "scaler"])
+def test_a_skipped_step_leaves_nothing_that_looks_like_a_backward(use_scaler):
+    """After a skip (non-finite ascent gradient) the next torch-contract step does not warn."""
+    model = mlp()
+    opt = build("sam", model)
+    sc = torch.amp.GradScaler("cpu", init_scale=2.0**8) if use_scaler else None
+    backwards = []
+
+    def inf_on_first_backward(g):  # an Inf (not NaN) in one gradient, the others finite
+        backwards.append(1)
+        return g * math.inf if len(backwards) == 1 else g
+
+    handle = model[-1].weight.register_hook(inf_on_first_backward)
+    for x, y in batches(2):
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            (sc.scale(loss) if sc else loss).backward()
+            return loss
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)  # the skip's own report
+            opt.step(closure, scaler=sc)
+    handle.remove()
+    assert len(backwards) == 3  # the first step skipped after its ascent pass

@@ -71,7 +71,7 @@ def warn_if_grads_present(optimizer: Any) -> None:
     grads = [g for g in grads if not (id(g) in left and left[id(g)][0]() is g and left[id(g)][1] == g._version)]
     # zero_grad(set_to_none=False) leaves zeros: those are not a backward.
     dense = [g.detach() for g in grads if not g.is_sparse]
-    if not dense or not bool(torch.stack(torch._foreach_norm(dense)).sum() > 0):  # one sync
+    if not dense or not bool(torch.stack(torch._foreach_norm(dense)).ne(0).any()):  # one sync
         return
     optimizer._warned_grads_present = True
     warnings.warn(
@@ -118,10 +118,13 @@ def report_overflow(scaler: "torch.amp.GradScaler", base: torch.optim.Optimizer)
     and ``scaler.update`` back off exactly as for an overflow in the descent pass.
     """
     params = [p for g in base.param_groups for p in g["params"] if p.requires_grad]
-    if params:
-        params[0].grad = torch.full_like(params[0], float("inf"))
+    if not params:
+        return
+    kept = params[0].grad
+    params[0].grad = torch.full_like(params[0], float("inf"))
     scaler.step(base)
     scaler.update()
+    params[0].grad = kept
 
 
 # -- checkpoints of the popular PyTorch SAM ------------------------------------------------

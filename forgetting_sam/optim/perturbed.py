@@ -365,11 +365,9 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 with ascent_pass(self):
                     loss = closure()
         self.first_step(zero_grad=True, scaler=scaler)
-        if self._skip:
-            self.second_step(scaler=scaler)
-            return loss
-        with torch.enable_grad():
-            closure()
+        if not self._skip:
+            with torch.enable_grad():
+                closure()
         self.second_step(scaler=scaler)
         compat.remember_grads(self)
         return loss
