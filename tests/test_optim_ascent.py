@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import pytest
@@ -127,3 +128,30 @@ def test_ascent_loss_rejects_a_non_callable():
     with pytest.raises(TypeError, match="loss_fn must be a callable"):
         AscentLoss("cross_entropy")
 
+
+
+def test_the_pass_is_per_asyncio_task():
+    opt = build("obf", mlp())
+    x, y = batches(1)[0]
+    logits = mlp(seed=3)(x).detach().requires_grad_()
+    criterion = AscentLoss(F.cross_entropy)
+    order, grads = [], {}
+
+    async def ascending():
+        with ascent_pass(opt):
+            order.append("enter")
+            await asyncio.sleep(0.01)  # the other task runs while this pass is open
+            criterion(logits, y)
+
+    async def training():
+        await asyncio.sleep(0)
+        order.append("train")
+        (grads["train"],) = torch.autograd.grad(criterion(logits, y), logits)
+
+    async def main():
+        await asyncio.gather(ascending(), training())
+
+    asyncio.run(main())
+    (expected,) = torch.autograd.grad(F.cross_entropy(logits, y), logits)
+    assert order == ["enter", "train"]
+    assert torch.equal(grads["train"], expected)

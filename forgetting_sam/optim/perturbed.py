@@ -73,7 +73,8 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             ``adaptive_form`` may be set per group, like ``lr``.
         base_optimizer: the base optimizer's *class*, e.g. ``torch.optim.SGD``.
         rho: perturbation radius ρ ≥ 0.
-        adaptive: ASAM's scale-invariant direction on this group (§3).
+        adaptive: ASAM's scale-invariant direction on this group (§3); positional after
+            ``rho`` as in the popular PyTorch SAM.
         eta: ASAM's η ≥ 0 in ``T_w = |w| + η``.
         alpha: GSAM's correction weight α ≥ 0 (0: no correction).
         adaptive_form: ``"original"`` (``T²h/‖Th‖``), ``"before"`` (``Th/‖Th‖``) or
@@ -174,9 +175,10 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         skipped: :meth:`second_step` then takes no base step (the weights stay as they are).
 
         ``scaler``: the ``torch.amp.GradScaler`` whose ``scaler.scale(loss).backward()``
-        filled ``.grad``. The ascent gradient is divided by its scale here, before the norm
-        (the scaler's own ``unscale_`` is left for the descent); pass the same scaler to
-        :meth:`second_step`.
+        filled ``.grad``. The ascent gradient in ``.grad`` is divided by its scale in place,
+        before the norm (exact for the scaler's power-of-two scales; the scaler's own
+        ``unscale_``, allowed once per update, is left for the descent); pass the same
+        scaler to :meth:`second_step`.
         """
         if self._perturbed is not None:
             raise RuntimeError("first_step() called twice: call second_step() or restore() first")
