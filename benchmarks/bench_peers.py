@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,9 @@ from forgetting_sam import ASAM, GSAM, OBF, SAM, perturbed_step
 RHO = {"SAM": 0.05, "ASAM": 0.5, "GSAM": 0.05}
 ALPHA = 0.4
 SGD_KW = dict(lr=0.01, momentum=0.9)
+#: Set by --clock: wall time, or this process's CPU time (steadier on a shared machine; at one
+#: thread it is the step's compute).
+CLOCK = time.perf_counter
 
 
 class ConstantRho:
@@ -106,10 +110,10 @@ def bench(model_name, build, x, y, rounds, repeats):
             times[(fam, name)] = []
     device = x.device
     for _ in range(rounds):
-        times[("SGD", "SGD")].append(timed(sgd_step, device, repeats))
+        times[("SGD", "SGD")].append(timed(sgd_step, device, repeats, clock=CLOCK))
         for fam, row in steps.items():
             for name, fn in row.items():
-                times[(fam, name)].append(timed(fn, device, repeats))
+                times[(fam, name)].append(timed(fn, device, repeats, clock=CLOCK))
     med = {k: statistics.median(v) for k, v in times.items()}
     sgd2 = 2 * med[("SGD", "SGD")]
     print(f"\n{model_name}: SGD step {med[('SGD', 'SGD')] * 1e3:.2f} ms")
@@ -162,7 +166,7 @@ def optimizer_side(rounds, repeats):
     times = {k: [] for k in runs}
     for _ in range(rounds):
         for name, fn in runs.items():
-            times[name].append(timed(fn, device, repeats))
+            times[name].append(timed(fn, device, repeats, clock=CLOCK))
     med = {k: statistics.median(v) for k, v in times.items()}
     print("\nOptimizer side, ViT-S/32 parameter list (22.9M), perturb + restore: " +
           ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in med.items()))
@@ -177,12 +181,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", choices=["full", "optimizer"], help="one of the two parts")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="cpu",
+                        help="what to time (default: process CPU time, see CLOCK)")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     from importlib.metadata import version
 
     print(f"torch {torch.__version__}; pytorch-optimizer {version('pytorch-optimizer')}; "
-          f"{args.threads} thread(s); {args.rounds} interleaved rounds × median of {args.repeats} steps")
+          f"{args.threads} thread(s); {args.rounds} interleaved rounds × median of {args.repeats} steps; "
+          f"{args.clock} time")
     if args.only != "full":
         optimizer_side(args.rounds, args.repeats)
     if args.only == "optimizer":
