@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test notebooks evidence bench lint clean
+.PHONY: demo test notebooks evidence bench lint clean docs docs-check student
 
 $(STAMP): pyproject.toml
 	@echo ">> creating the virtual environment in $(VENV) (with $(PYTHON))"
@@ -38,6 +38,30 @@ evidence: $(STAMP)
 	$(BIN)/python experiments/study1_optimizers.py
 	$(BIN)/python experiments/study2_micro_batch.py
 	$(BIN)/python experiments/study3_correlation.py
+
+# The website (build/site): staged from the repository, notebooks shown with their committed
+# outputs (never executed), warnings are errors. MathJax comes from npm so the site is offline.
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): $(STAMP) pyproject.toml docs/package-lock.json
+	@echo ">> installing the docs tools (the 'docs' extra and docs/package-lock.json)"
+	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[docs]' 2>&1 \
+		| { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	npm ci --prefix docs --no-audit --no-fund --loglevel=error
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	@echo ">> building the website into build/site"
+	$(BIN)/python tools/docs_stage.py build/docs_src
+	OMP_NUM_THREADS=1 $(BIN)/python -m sphinx -W --keep-going -q -b html -c docs build/docs_src build/site
+
+# Every page of the site in headless chromium, then the widgets in a real JupyterLab.
+docs-check: docs
+	@echo ">> checking every page of build/site in headless chromium"
+	OMP_NUM_THREADS=1 $(BIN)/python tools/docs_check.py build/site
+
+student: $(STAMP)
+	@echo ">> writing the student edition of the notebooks into build/student"
+	$(BIN)/python tools/make_student.py --src notebooks --out build/student
 
 lint: $(STAMP)
 	$(BIN)/ruff check forgetting_sam tests benchmarks experiments

@@ -444,7 +444,7 @@ def build_model(name: str, *, num_classes: int, input_shape: Sequence[int], **op
         **options: model-specific; see :func:`model_options`.
 
     Returns:
-        An ``nn.Module`` mapping (N, *input_shape) to logits (N, K).
+        An ``nn.Module`` mapping ``(N, *input_shape)`` to logits ``(N, K)``.
 
     Example::
 
