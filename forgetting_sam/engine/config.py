@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import importlib.resources
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .errors import UserInputError
 
 __all__ = [
     "DEMO_OPTIMIZERS",
@@ -45,7 +48,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError, ValueError):
     """A config value, key or file that cannot be used; the message says how to fix it."""
 
 
@@ -122,6 +125,8 @@ class TrainConfig:
     prob: str = _knob("sigmoid", "OBF probabilities", ("sigmoid", "softmax"), group="perturbation")
     micro_batch_size: int | None = _knob(None, "m: perturbation chunk size within each replica's batch (m-sharpness; None: the whole batch)", group="perturbation")
     replay_dropout: bool = _knob(False, "replay the dropout RNG so both passes see the same masks", group="perturbation")
+    perturb_every: int = _knob(1, "cheaper SAM: perturb every k-th step only, a plain base step otherwise (docs/algorithms.md §9)", group="perturbation")
+    perturb_from: int = _knob(0, "cheaper SAM: perturb only from this optimizer step on, plain base steps before it (§9)", group="perturbation")
 
     # --- schedule and batch -----------------------------------------------------------------
     epochs: int = _knob(10, "training epochs", group="schedule")
@@ -146,7 +151,9 @@ class TrainConfig:
     seed: int = _knob(0, "random seed (data order, init, noise, dropout)", group="run")
     out_dir: str | None = _knob(None, "run directory (None: nothing is written; the CLI uses runs/<preset>)", group="run")
     overwrite: bool = _knob(False, "replace a finished run in out_dir", group="run")
-    resume: bool = _knob(False, "continue the run in out_dir from its last checkpoint", group="run")
+    resume: bool = _knob(False, "continue the run in out_dir from its last checkpoint (an error if out_dir holds no run)", group="run")
+    resume_if_present: bool = _knob(False, "continue the run in out_dir if it holds one, else start a fresh run there (for requeued jobs)", group="run")
+    max_nonfinite_steps: int = _knob(20, "stop with an error after this many consecutive optimizer steps with a non-finite loss or a skipped update (0: never stop)", group="run")
     quiet: bool = _knob(False, "no progress bars", group="run")
     log_every: int = _knob(10, "refresh the progress-bar loss/accuracy every k steps (each refresh syncs the device)", group="run")
 
@@ -194,6 +201,13 @@ def validate_config(cfg: TrainConfig) -> None:
     from .data import DATASETS
     from .models import MODELS
 
+    for f in fields(cfg):
+        # nan/inf pass every range check below (nan compares False), so they are caught first.
+        value = getattr(cfg, f.name)
+        values = value if f.name == "betas" and isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{f.name} must be a finite number, got {v}")
     _choose("dataset", cfg.dataset, DATASETS)
     _choose("model", cfg.model, tuple(MODELS))
     for f in fields(cfg):
@@ -205,6 +219,11 @@ def validate_config(cfg: TrainConfig) -> None:
     _check(cfg.accumulation_steps >= 1, f"accumulation_steps must be ≥ 1, got {cfg.accumulation_steps}")
     _check(cfg.micro_batch_size is None or cfg.micro_batch_size >= 1,
            f"micro_batch_size must be ≥ 1 or None, got {cfg.micro_batch_size}")
+    _check(cfg.micro_batch_size is None or cfg.micro_batch_size <= cfg.batch_size,
+           f"micro_batch_size={cfg.micro_batch_size} exceeds batch_size={cfg.batch_size}: a perturbation "
+           "chunk cannot be larger than the batch; lower --micro-batch-size or leave it unset (whole batch)")
+    _check(cfg.max_nonfinite_steps >= 0,
+           f"max_nonfinite_steps must be ≥ 0 (0: never stop), got {cfg.max_nonfinite_steps}")
     _check(cfg.lr > 0, f"lr must be > 0, got {cfg.lr}")
     _check(0 <= cfg.lr_min <= cfg.lr, f"lr_min must be in [0, lr={cfg.lr}], got {cfg.lr_min}")
     _check(cfg.warmup_epochs >= 0, f"warmup_epochs must be ≥ 0, got {cfg.warmup_epochs}")
@@ -214,6 +233,10 @@ def validate_config(cfg: TrainConfig) -> None:
            f"betas must be a pair like [0.9, 0.999], got {cfg.betas!r}")
     _check(cfg.rho is None or cfg.rho >= 0, f"rho must be ≥ 0, got {cfg.rho}")
     _check(cfg.rho_min >= 0, f"rho_min must be ≥ 0, got {cfg.rho_min}")
+    _check(cfg.perturb_every >= 1, f"perturb_every must be ≥ 1, got {cfg.perturb_every}")
+    _check(cfg.perturb_from >= 0, f"perturb_from must be ≥ 0, got {cfg.perturb_from}")
+    _check(cfg.wrapper != "none" or (cfg.perturb_every, cfg.perturb_from) == (1, 0),
+           "perturb_every/perturb_from schedule the perturbation: set a wrapper (e.g. wrapper=sam)")
     _check(0 <= cfg.label_noise < 1, f"label_noise must be in [0, 1), got {cfg.label_noise}")
     _check(0 <= cfg.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     _check(0 <= cfg.val_fraction < 1, f"val_fraction must be in [0, 1), got {cfg.val_fraction}")
@@ -224,9 +247,13 @@ def validate_config(cfg: TrainConfig) -> None:
     _check(cfg.eval_every >= 1, f"eval_every must be ≥ 1, got {cfg.eval_every}")
     _check(cfg.log_every >= 1, f"log_every must be ≥ 1, got {cfg.log_every}")
     _check(cfg.num_workers >= 0, f"num_workers must be ≥ 0, got {cfg.num_workers}")
-    _check(not (cfg.resume and cfg.overwrite),
+    _check(not ((cfg.resume or cfg.resume_if_present) and cfg.overwrite),
            "resume and overwrite exclude each other: resume continues the run in out_dir, overwrite replaces it")
     _check(isinstance(cfg.model_options, dict), f"model_options must be a mapping, got {cfg.model_options!r}")
+    if isinstance(cfg.model_options, dict):
+        from .models import check_model_options
+
+        check_model_options(cfg.model, cfg.model_options)
     _check(isinstance(cfg.eval_sets, dict), f"eval_sets must be a mapping name: path, got {cfg.eval_sets!r}")
     if cfg.rho_schedule == "proportional":
         _check(cfg.wrapper != "none", "rho_schedule=proportional needs a wrapper (sam, gsam, ...); wrapper is none")
@@ -372,7 +399,10 @@ def load_yaml_config(path: str | os.PathLike, _seen: tuple = ()) -> dict[str, An
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config file must be a mapping of key: value, got {type(data).__name__}")
     merged: dict[str, Any] = {}

@@ -131,7 +131,7 @@ def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     w = cfg.wrapper
     if w == "none":
         return base_cls(params, **kwargs)
-    family: dict[str, Any] = {}
+    family: dict[str, Any] = dict(perturb_every=cfg.perturb_every, perturb_from=cfg.perturb_from)
     if cfg.rho is not None:
         family["rho"] = cfg.rho
     obf_args = dict(gamma=cfg.gamma, lam=cfg.lam, prob=cfg.prob)

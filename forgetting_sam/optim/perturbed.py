@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import compat
+from . import perturb_schedule as schedule
 from .ascent import ascent_pass
 from .functional import ASAM_FORMS, gsam_correct_, perturbed_weights
 from .objectives import OBFLoss
@@ -38,17 +40,38 @@ from .objectives import OBFLoss
 _FAMILY_KEYS = ("rho", "adaptive", "eta", "alpha", "adaptive_form")
 
 
+def _check_finite(options: dict) -> None:
+    # torch's own checks (lr < 0, ...) let NaN and Inf through; a NaN lr or weight decay
+    # turns every weight NaN at the first step.
+    for name, value in options.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"Invalid {name}: {value} ({name} must be a finite number)")
+
+
 def _check_group(group: dict) -> None:
+    _check_finite({k: v for k, v in group.items() if k != "params"})
     for name in ("rho", "eta", "alpha"):
         value = group[name]
-        if not isinstance(value, (int, float)) or not value >= 0.0:
-            raise ValueError(f"Invalid {name}: {value} ({name} must be a number >= 0)")
+        if not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"Invalid {name}: {value} ({name} must be a finite number >= 0)")
     if not isinstance(group["adaptive"], bool):
         raise ValueError(f"Invalid adaptive: {group['adaptive']!r} (adaptive must be True or False)")
     if group["adaptive_form"] not in ASAM_FORMS:
         raise ValueError(
             f"Invalid adaptive_form: {group['adaptive_form']!r} (allowed: {', '.join(ASAM_FORMS)})"
         )
+
+
+def grads_finite(grads: list[Tensor]) -> bool:
+    """True if every tensor in ``grads`` is free of NaN and Inf (one host sync).
+
+    The max-abs norm, not the 2-norm: a large but finite fp16 gradient must not overflow
+    the test itself.
+    """
+    if not grads:
+        return True
+    norms = torch._foreach_norm(grads, math.inf)
+    return bool(torch.stack([n.float() for n in norms]).isfinite().all())
 
 
 def _autocast_off(device: torch.device):
@@ -81,6 +104,10 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             ``"after"`` (``Th/‖h‖``); one form for the whole optimizer.
         ascent_loss: ``None`` to ascend the training loss, or a callable
             ``(logits, targets) -> scalar`` such as :class:`OBFLoss`.
+        perturb_every, perturb_from: cheaper SAM (docs/algorithms.md §9): step ``t`` (counted
+            from 0) perturbs only when ``t >= perturb_from`` and ``(t - perturb_from) %
+            perturb_every == 0``; the other steps are the base optimizer's plain step on
+            ``∇L(w)`` (one forward and backward). See :meth:`should_perturb`.
         **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ...).
 
     ``param_groups`` and ``state`` are the base optimizer's own objects, so LR schedulers,
@@ -98,6 +125,8 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         alpha: float = 0.0,
         adaptive_form: str = "original",
         ascent_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+        perturb_every: int = 1,
+        perturb_from: int = 0,
         **base_kwargs: Any,
     ):
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
@@ -109,14 +138,21 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             raise TypeError(f"ascent_loss must be None or a callable (logits, targets), got {ascent_loss!r}")
         defaults = dict(rho=rho, adaptive=adaptive, eta=eta, alpha=alpha, adaptive_form=adaptive_form)
         _check_group(defaults)
+        _check_finite(base_kwargs)
         super().__init__(params, defaults)
         self.base_optimizer = compat.base_optimizer_or_explain(self, base_optimizer, self.param_groups, base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self.ascent_loss = ascent_loss
+        self.perturb_every, self.perturb_from = schedule.check(perturb_every, perturb_from)
+        self._steps_taken = 0
         self._perturbed: list[tuple[Tensor, Tensor]] | None = None  # (param, original storage)
         self._ascent_grads: list[list[tuple[Tensor, Tensor]]] | None = None  # (param, h), GSAM
-        self._skip = False
+        self._skip = False  # between first_step and second_step: this step is being skipped
+        self._last_skipped = False  # what the public .skipped reports
+        # update=False calls of perturbed_step since the last update: examples counted into
+        # .grad and whether one of them was skipped. zero_grad() clears it.
+        self._accumulated = {"examples": 0, "skipped": False}
 
     # -- torch.optim citizenship ------------------------------------------------------
 
@@ -131,18 +167,43 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         _check_group(param_group)
         self.base_optimizer.add_param_group(param_group)
 
+    def state_dict(self) -> dict:
+        """The base optimizer's ``state_dict`` plus the step counter of the §9 schedules.
+
+        Between ``update=False`` calls of :func:`perturbed_step` it also holds the pending
+        accumulation (``"accumulation"``: examples counted, whether one was skipped).
+        """
+        state = schedule.save(super().state_dict(), self._steps_taken)
+        if self._accumulated["examples"]:
+            state["accumulation"] = {k: self._accumulated[k] for k in ("examples", "skipped")}
+        return state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the gradients, and forget :func:`perturbed_step`'s pending accumulation."""
+        super().zero_grad(set_to_none=set_to_none)
+        self._accumulated = {"examples": 0, "skipped": False}
+
     def load_state_dict(self, state_dict: dict) -> None:
         """Load a :meth:`state_dict` (base state, and per-group ``rho``, ``alpha``, ...).
 
         A state_dict of the popular PyTorch SAM loads with a ``UserWarning``: it has no
         base-optimizer state (momentum restarts from zero) and its weight copies are dropped.
         """
+        state_dict, self._steps_taken = schedule.load(state_dict)
+        accumulated = state_dict.pop("accumulation", {"examples": 0, "skipped": False})
         state_dict = compat.from_peer_state_dict(self, state_dict)
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
+        self._accumulated = {"examples": int(accumulated["examples"]), "skipped": bool(accumulated["skipped"])}
 
     # -- the mechanism ----------------------------------------------------------------
+
+    @property
+    def skipped(self) -> bool:
+        """True if the last step (``first_step``/``second_step``, ``step`` or
+        :func:`perturbed_step`) found a NaN/Inf gradient and took no base step."""
+        return self._last_skipped
 
     @property
     def is_perturbed(self) -> bool:
@@ -184,7 +245,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             raise RuntimeError("first_step() called twice: call second_step() or restore() first")
         params, grads = self._with_grads()
         flat = [p for ps in params for p in ps]
-        self._skip = False
+        self._skip = self._last_skipped = False
         self._perturbed = []
         self._h_scale = None
         if not flat:
@@ -205,7 +266,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 into_grads=zero_grad and not any(g["alpha"] for g in groups),
             )
         if weights is None:
-            self._skip = True
+            self._skip = self._last_skipped = True
             return
         if any(g["alpha"] for g in groups):
             # GSAM needs h after the descent backward: keep the gradient tensors
@@ -264,16 +325,57 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         return True
 
     def _mark_stepped(self) -> None:
-        # LR schedulers check this flag (set by the wrapped .step) to warn about call order;
-        # the two-step API never calls .step, so set it here.
+        # The one place the package writes a private torch attribute: LR schedulers read
+        # ``_opt_called`` (set by the wrapped .step, which the two-step API and a skipped
+        # step never call) to warn "lr_scheduler.step() before optimizer.step()". torch has
+        # no public way to say "stepped", and a skipped step still counts as one.
         self._opt_called = True
+        self._steps_taken += 1
+
+    @property
+    def steps_taken(self) -> int:
+        """Steps taken so far (perturbed, plain or skipped); checkpointed in ``state_dict``."""
+        return self._steps_taken
+
+    def should_perturb(self) -> bool:
+        """Whether the next step perturbs, by ``perturb_every`` and ``perturb_from`` (§9).
+
+        :meth:`step` and :func:`perturbed_step` ask it themselves. In the two-step API ask
+        it before the first backward::
+
+            if opt.should_perturb():
+                loss_fn(model(x), y).backward(); opt.first_step(zero_grad=True)
+                loss_fn(model(x), y).backward(); opt.second_step(zero_grad=True)
+            else:
+                loss_fn(model(x), y).backward(); opt.base_step(zero_grad=True)
+        """
+        return schedule.decide(self.steps_taken, self.perturb_every, self.perturb_from)
+
+    @torch.no_grad()
+    def base_step(self, zero_grad: bool = False, *, scaler: "torch.amp.GradScaler | None" = None) -> None:
+        """A plain step of the base optimizer on the gradient now in ``.grad`` (no ε).
+
+        The non-perturbing step of the cheaper-SAM schedules; it counts as a step.
+        ``scaler``: the GradScaler of the backward (``scaler.step`` and ``update`` run here).
+        """
+        if self._perturbed is not None:
+            raise RuntimeError("base_step() while perturbed: call second_step() or restore() first")
+        if compat.scaler_scale(scaler) is not None:
+            scaler.step(self.base_optimizer)
+            scaler.update()
+        else:
+            self.base_optimizer.step()
+        self._mark_stepped()
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False, *, scaler: "torch.amp.GradScaler | None" = None) -> None:
         """Restore ``w`` exactly, apply GSAM's correction, then the base optimizer's step.
 
-        If :meth:`first_step` saw a non-finite gradient, no base step is taken and a
-        ``RuntimeWarning`` says so; the weights are left as they were.
+        If :meth:`first_step` saw a non-finite gradient, or the descent gradient is
+        non-finite, no base step is taken and a ``RuntimeWarning`` says so; the weights are
+        left as they were and :attr:`skipped` is True.
 
         ``scaler``: the GradScaler of the two backward passes (the same one given to
         :meth:`first_step`). The descent gradient is unscaled (``scaler.unscale_`` on
@@ -286,17 +388,20 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             raise RuntimeError("second_step() without a preceding first_step()")
         if compat.scaler_scale(scaler) is not None:
             self._scaled_second_step(scaler)
-        elif self.unperturb():
-            self.base_optimizer.step()
+        elif not self.unperturb():
+            warn_skipped("ascent", stacklevel=2)
+        elif not grads_finite(self._descent_grads()):
+            self._last_skipped = True
+            warn_skipped("descent", stacklevel=2)
         else:
-            warnings.warn(
-                "non-finite ascent gradient: the step was skipped and the weights left unchanged",
-                RuntimeWarning, stacklevel=2,
-            )
+            self.base_optimizer.step()
         self._skip = False
         self._mark_stepped()
         if zero_grad:
             self.zero_grad(set_to_none=True)
+
+    def _descent_grads(self) -> list[Tensor]:
+        return [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
 
     def _scaled_second_step(self, scaler: "torch.amp.GradScaler") -> None:
         if self._skip:
@@ -310,6 +415,9 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             raise
         self._h_scale = None  # g_p now in true units, like the saved h
         self.unperturb()
+        # The overflow is read off the unscaled gradient itself: a drop of the scale says
+        # nothing when backoff_factor=1. scaler.step skips on the same finding.
+        self._last_skipped = not grads_finite(self._descent_grads())
         scaler.step(self.base_optimizer)
         scaler.update()
 
@@ -360,6 +468,12 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 "or use first_step()/second_step(), or forgetting_sam.perturbed_step()"
             )
         compat.warn_if_grads_present(self)
+        if not self.should_perturb():
+            with torch.enable_grad():
+                loss = closure()  # outside ascent_pass: AscentLoss gives the training loss
+            self.base_step(scaler=scaler)
+            compat.remember_grads(self)
+            return loss
         with torch.enable_grad():
             if _accepts_ascent_loss(closure):
                 loss = closure(ascent_loss=self.ascent_loss)
@@ -367,12 +481,27 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 with ascent_pass(self):
                     loss = closure()
         self.first_step(zero_grad=True, scaler=scaler)
-        if not self._skip:
-            with torch.enable_grad():
-                closure()
+        try:
+            if not self._skip:
+                with torch.enable_grad():
+                    closure()
+        except BaseException:
+            # An error or KeyboardInterrupt at w + ε: put w back, take no step.
+            if self.is_perturbed:
+                self.restore()
+            self._skip = False
+            raise
         self.second_step(scaler=scaler)
         compat.remember_grads(self)
         return loss
+
+
+def warn_skipped(which: str, stacklevel: int = 2) -> None:
+    """The ``RuntimeWarning`` of a step skipped for a NaN/Inf ``which`` ("ascent"/"descent") gradient."""
+    warnings.warn(
+        f"non-finite {which} gradient: the step was skipped and the weights left unchanged",
+        RuntimeWarning, stacklevel=stacklevel + 1,
+    )
 
 
 def _accepts_ascent_loss(fn: Callable) -> bool:

@@ -21,8 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from . import compat
 from .ascent import ascent_pass
-from .perturbed import PerturbedOptimizer
+from .perturbed import PerturbedOptimizer, grads_finite, warn_skipped
 
 
 @dataclass
@@ -34,7 +35,8 @@ class StepResult:
         logits: (N, ...) model outputs at ``w``, micro-batches concatenated in order;
             with ``compute_loss=``, the logits it returns, or None when it returns the loss
             alone (then ``perturbed_logits`` is None too).
-        perturbed_loss: 0-d, the same at ``w + ε`` (None for a plain optimizer).
+        perturbed_loss: 0-d, the same at ``w + ε`` (None for a plain optimizer, and on a
+            step the optimizer's ``perturb_every``/``perturb_from`` schedule does not perturb).
         perturbed_logits: (N, ...) outputs at ``w + ε``, each micro-batch at its own ``ε``
             (None for a plain optimizer). The forgetting measures read these for free.
         skipped: True if a non-finite gradient (e.g. an fp16 overflow) skipped the step;
@@ -189,21 +191,102 @@ def _backward(objective: Tensor, scaler) -> None:
     (scaler.scale(objective) if scaler is not None else objective).backward()
 
 
-def _all_reduce_mean(grads: list[Tensor], group) -> None:
-    # One collective per dtype: flatten, sum, divide by the number of replicas.
-    world = dist.get_world_size(group)
+@torch.no_grad()
+def _per_dtype(tensors: list[Tensor], collective: Callable[[Tensor], None]) -> None:
+    # One collective per dtype: flatten, run it in place, copy the result back.
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
-    for g in grads:
-        by_dtype.setdefault(g.dtype, []).append(g)
-    for gs in by_dtype.values():
-        flat = torch.cat([g.reshape(-1) for g in gs])
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    for ts in by_dtype.values():
+        flat = torch.cat([t.reshape(-1) for t in ts])
+        collective(flat)
+        torch._foreach_copy_(ts, [v.view_as(t) for v, t in zip(flat.split([t.numel() for t in ts]), ts)])
+
+
+def _all_reduce_mean(grads: list[Tensor], group) -> None:
+    world = dist.get_world_size(group)
+
+    def mean(flat: Tensor) -> None:
         dist.all_reduce(flat, group=group)
         flat.div_(world)
-        torch._foreach_copy_(gs, [v.view_as(g) for v, g in zip(flat.split([g.numel() for g in gs]), gs)])
+    _per_dtype(grads, mean)
 
 
-# Examples counted into .grad by update=False calls, per optimizer, until the update.
-_PENDING: "weakref.WeakKeyDictionary[torch.optim.Optimizer, int]" = weakref.WeakKeyDictionary()
+def _broadcast_buffers(model: nn.parallel.DistributedDataParallel) -> None:
+    # What DDP itself does before each synced forward (broadcast_buffers=True): rank 0's
+    # buffers (BatchNorm running statistics) on every replica. perturbed_step runs every
+    # forward under no_sync, where DDP skips it, so it is done here once per update.
+    ignored = getattr(model, "parameters_to_ignore", ())
+    buffers = [b for name, b in model.module.named_buffers() if name not in ignored]
+    if buffers:
+        src = dist.get_global_rank(model.process_group, 0)
+        _per_dtype(buffers, lambda flat: dist.broadcast(flat, src=src, group=model.process_group))
+
+
+def _any_rank(flag: bool, model: nn.parallel.DistributedDataParallel, device: torch.device) -> bool:
+    # One small all-reduce that every rank reaches at each update, skipped or not, so a
+    # skip on one rank (its own ascent overflow) becomes a skip on all, and no rank waits
+    # in the gradient all-reduce for a rank that left.
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=model.process_group)
+    return bool(t.item())
+
+
+# -- gradient accumulation across update=False calls -------------------------------------
+# A record: {"examples": int, "skipped": bool, "grads": fingerprint of .grad or None}. A
+# PerturbedOptimizer keeps it as its own state (checkpointed, cleared by its zero_grad);
+# a plain optimizer's lives here, weakly keyed. Either way it is honoured only while every
+# .grad is the tensor, at the version, that the accumulate call left: zero_grad (to None or
+# in place), model.zero_grad() or a stray backward in between drop it.
+_PLAIN_PENDING: "weakref.WeakKeyDictionary[torch.optim.Optimizer, dict]" = weakref.WeakKeyDictionary()
+_NOTHING = {"examples": 0, "skipped": False, "grads": None}
+
+
+def _fingerprint(params: list[Tensor]) -> list:
+    return [None if p.grad is None else (weakref.ref(p.grad), p.grad._version) for p in params]
+
+
+def _unchanged(params: list[Tensor], fingerprint: list) -> bool:
+    if len(fingerprint) != len(params):
+        return False
+    for p, seen in zip(params, fingerprint):
+        if (p.grad is None) != (seen is None):
+            return False
+        if seen is not None and (seen[0]() is not p.grad or seen[1] != p.grad._version):
+            return False
+    return True
+
+
+def _take_pending(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> dict:
+    if isinstance(optimizer, PerturbedOptimizer):
+        record, optimizer._accumulated = optimizer._accumulated, dict(_NOTHING)
+    else:
+        record = _PLAIN_PENDING.pop(optimizer, _NOTHING)
+    if not record["examples"]:
+        return _NOTHING
+    if record.get("grads") is None:  # loaded from a checkpoint: .grad was not saved
+        if record["skipped"] or any(p.grad is not None for p in params):
+            return record
+        warn_skipped_accumulation(record["examples"])
+        return _NOTHING
+    return record if _unchanged(params, record["grads"]) else _NOTHING
+
+
+def warn_skipped_accumulation(examples: int) -> None:
+    """Warn that a checkpoint's pending accumulation has no gradients to go with it."""
+    warnings.warn(
+        f"the optimizer's state_dict holds {examples} accumulated examples but no parameter "
+        "has a .grad (gradients are not checkpointed): accumulation starts over",
+        RuntimeWarning, stacklevel=4,
+    )
+
+
+def _keep_pending(optimizer: torch.optim.Optimizer, params: list[Tensor], examples: int, skipped: bool) -> None:
+    record = {"examples": examples, "skipped": skipped, "grads": _fingerprint(params)}
+    if isinstance(optimizer, PerturbedOptimizer):
+        optimizer._accumulated = record
+    else:
+        _PLAIN_PENDING[optimizer] = record
 
 
 def perturbed_step(
@@ -284,6 +367,8 @@ def perturbed_step(
         raise ValueError(f"Invalid clip_grad_norm: {clip_grad_norm} (a positive number, or None)")
 
     family = isinstance(optimizer, PerturbedOptimizer)
+    # Cheaper SAM (§9): a step the schedule does not perturb is the base optimizer's plain step.
+    perturb = family and optimizer.should_perturb()
     evaluate = _evaluator(model, optimizer, targets, loss_fn, compute_loss)
     base = optimizer.base_optimizer if family else optimizer
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
@@ -291,14 +376,15 @@ def perturbed_step(
     params = [p for g in optimizer.param_groups for p in g["params"]]
     m = micro_batch_size or n
     chunks = [(a, min(a + m, n)) for a in range(0, n, m)]
-    pending = _PENDING.pop(optimizer, 0)
+    record = _take_pending(optimizer, params)
+    pending = record["examples"]
     device = params[0].device
 
     # The running sum Σ |B_j| g_j over chunks (and earlier update=False calls). A single
     # chunk with nothing pending skips it, so that step is the plain gradient bit for bit.
     direct = len(chunks) == 1 and pending == 0 and update
     acc: dict[Tensor, Tensor] = {}
-    if pending:
+    if pending and not record["skipped"]:
         acc = {p: p.grad for p in params if p.grad is not None}
     optimizer.zero_grad(set_to_none=True)
 
@@ -307,18 +393,18 @@ def perturbed_step(
     try:
         for a, b in chunks:
             x, size = _slice(inputs, a, b), b - a
-            rng = _rng_snapshot(device) if (family and replay_dropout) else None
+            rng = _rng_snapshot(device) if (perturb and replay_dropout) else None
             # (1) forward at w, backward of the ascent objective
             with no_sync():
-                objective, loss, out = evaluate(x, a, b, ascent=family)
+                objective, loss, out = evaluate(x, a, b, ascent=perturb)
                 _backward(objective, scaler)
             losses.append(loss.detach() * size)
             if out is not None:
                 logits.append(out.detach())
-            if family:
+            if perturb:
                 # (2) w <- w + ε
                 optimizer.first_step(zero_grad=True, scaler=scaler)
-                if optimizer._skip:
+                if optimizer.skipped:
                     skipped = True
                     break
                 # (3) forward and backward of the training loss at w + ε
@@ -348,51 +434,65 @@ def perturbed_step(
         perturbed_loss=torch.stack(p_losses).sum() / n if p_losses else None,
         perturbed_logits=torch.cat(p_logits) if p_logits else None,
     )
-    if skipped:
-        optimizer._skip = False
-        result.skipped = True
-        if scaler is not None:
-            # .grad holds the non-finite ascent gradient: the scaler sees the overflow,
-            # skips the base step and backs off its scale, as in any fp16 step.
-            acc.clear()
-            scaler.step(base)
-            scaler.update()
-        else:
-            warnings.warn(
-                "non-finite ascent gradient: the step was skipped and the weights left unchanged",
-                RuntimeWarning, stacklevel=2,
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if family:
-            optimizer._mark_stepped()
-        return result
-
+    scaled = compat.scaler_scale(scaler) is not None
     total = pending + n
+    if skipped or record["skipped"]:
+        acc.clear()  # the whole accumulation window is skipped, as under fp16 with a scaler
+        optimizer.zero_grad(set_to_none=True)
+    if not update:
+        for p, g in acc.items():
+            p.grad = g
+        _keep_pending(optimizer, params, total, skipped or record["skipped"])
+        result.skipped, result.updated = skipped, False
+        return result
+    skipped = skipped or record["skipped"]
+    if ddp:
+        if family:  # only a family member's own ascent pass can skip on one rank alone
+            skipped = _any_rank(skipped, model, device)
+        if model.broadcast_buffers:
+            _broadcast_buffers(model)
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+        if scaled:
+            # The scaler must see the overflow (skip, back off) on every rank alike.
+            compat.report_overflow(scaler, base)
+        else:
+            warn_skipped("ascent")
+        return _finish(optimizer, result, skipped=True)
+
     if not direct:
         for p, g in acc.items():
             p.grad = g
-    if not update:
-        _PENDING[optimizer] = total
-        result.updated = False
-        return result
-    if not direct:
         torch._foreach_mul_([p.grad for p in acc], 1.0 / total)
     if ddp:
         for p in params:  # identical layouts on every replica for the one flat all-reduce
             if p.grad is None and p.requires_grad:
                 p.grad = torch.zeros_like(p)
         _all_reduce_mean([p.grad for p in params if p.grad is not None], model.process_group)
+    if scaled:
+        scaler.unscale_(base)
+    # After the all-reduce every rank holds the same gradient, so all agree here too.
+    if not grads_finite([p.grad for p in params if p.grad is not None]):
+        if scaled:
+            scaler.step(base)  # skips: unscale_ recorded the overflow
+            scaler.update()
+        else:
+            warn_skipped("descent")
+        optimizer.zero_grad(set_to_none=True)
+        return _finish(optimizer, result, skipped=True)
     if clip_grad_norm is not None:
-        if scaler is not None:
-            scaler.unscale_(base)
         torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip_grad_norm)
-    if scaler is not None:
-        scale_before = scaler.get_scale()
+    if scaled:
         scaler.step(base)
         scaler.update()
-        result.skipped = scaler.get_scale() < scale_before
     else:
         base.step()
-    if family:
+    return _finish(optimizer, result, skipped=False)
+
+
+def _finish(optimizer: torch.optim.Optimizer, result: StepResult, skipped: bool) -> StepResult:
+    result.skipped = skipped
+    if isinstance(optimizer, PerturbedOptimizer):
+        optimizer._last_skipped = skipped
         optimizer._mark_stepped()
     return result
