@@ -54,7 +54,7 @@ docs: $(DOCS_STAMP)
 	$(BIN)/python tools/docs_stage.py build/docs_src
 	OMP_NUM_THREADS=1 $(BIN)/python -m sphinx -W --keep-going -q -b html -c docs build/docs_src build/site
 
-# Every page of the site in headless chromium, then the widgets in a real JupyterLab.
+# Every page of the site in headless chromium (images, math, links, console, no CDN).
 docs-check: docs
 	@echo ">> checking every page of build/site in headless chromium"
 	OMP_NUM_THREADS=1 $(BIN)/python tools/docs_check.py build/site

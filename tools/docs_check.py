@@ -9,7 +9,6 @@ For each HTML page of the site, served on 127.0.0.1, the check fails when:
 - the browser console logs an error, or a request leaves 127.0.0.1 (the site must be offline).
 
 It writes screenshots of the landing page and of one notebook page to build/screenshots/.
-Then it runs the JupyterLab widget check (tools/lab_widgets_check.py) unless ``--no-lab``.
 Chromium is the system's (``apt-get install chromium``); playwright only drives it.
 """
 
@@ -19,7 +18,6 @@ import argparse
 import functools
 import http.server
 import re
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -160,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("site", type=Path, nargs="?", default=ROOT / "build" / "site")
     parser.add_argument("--screenshots", type=Path, default=ROOT / "build" / "screenshots")
-    parser.add_argument("--no-lab", action="store_true", help="skip the JupyterLab widget check")
     args = parser.parse_args(argv)
     args.screenshots.mkdir(parents=True, exist_ok=True)
     problems = check_site(args.site.resolve(), args.screenshots)
@@ -170,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(problems)} problem(s) on the website")
         return 1
     print("website: every page passes (images, math, links, console)")
-    if not args.no_lab:
-        return subprocess.call([sys.executable, str(ROOT / "tools" / "lab_widgets_check.py")])
     return 0
 
 
