@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -27,12 +29,10 @@ class ProportionalRho:
 
     def __init__(self, optimizer: torch.optim.Optimizer, rho_max: float, rho_min: float = 0.0,
                  lr_max: float | None = None, lr_min: float = 0.0):
-        if not rho_max >= 0:
-            raise ValueError(f"Invalid rho_max: {rho_max} (rho_max must be >= 0)")
-        if not rho_min >= 0:
-            raise ValueError(f"Invalid rho_min: {rho_min} (rho_min must be >= 0)")
-        if not lr_min >= 0:
-            raise ValueError(f"Invalid lr_min: {lr_min} (lr_min must be >= 0)")
+        for name, value in (("rho_max", rho_max), ("rho_min", rho_min), ("lr_min", lr_min),
+                            ("lr_max", 0.0 if lr_max is None else lr_max)):
+            if not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"Invalid {name}: {value} ({name} must be a finite number >= 0)")
         for group in optimizer.param_groups:
             if "rho" not in group:
                 raise ValueError(
