@@ -87,9 +87,22 @@ def test_lr_schedule_cosine_step_and_state():
         [2.0, 2.0, 0.4, 0.4, 0.08, 0.016, 0.016])
     for _ in range(7):
         s.step()
+    # A torch scheduler: its state_dict restores the position, and the lr follows on step().
+    assert isinstance(s, torch.optim.lr_scheduler.LRScheduler)
     s2 = LRSchedule(opt, total_steps=11, kind="cosine")
     s2.load_state_dict(s.state_dict())
-    assert s2.t == 7 and opt.param_groups[0]["lr"] == pytest.approx(s.lr_at(7))
+    assert s2.last_epoch == 7 and s2.get_last_lr() == pytest.approx([s.lr_at(7)])
+    s2.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(s.lr_at(8))
+
+
+def test_lr_schedule_rejects_non_finite():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=float("inf"))
+    with pytest.raises(ConfigError, match="finite"):
+        LRSchedule(opt, total_steps=10)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ConfigError, match="lr_min must be a finite"):
+        LRSchedule(opt, total_steps=10, lr_min=float("nan"))
 
 
 def test_sgdw_is_decoupled_weight_decay():

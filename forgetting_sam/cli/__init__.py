@@ -2,8 +2,10 @@
 
 Each subcommand group is a module in this package exposing ``register(subparsers)``, which adds
 its subcommands and sets ``func`` on each; :data:`SUBCOMMAND_MODULES` lists them in ``--help``
-order. A user error (bad config key, missing data set, existing run, bad checkpoint) prints one
-line and exits with status 2; set ``FORGETTING_SAM_DEBUG=1`` for the traceback.
+order. A user error (a :class:`~forgetting_sam.engine.UserInputError`: bad config key or value,
+missing data set, existing run, bad checkpoint, unwritable output folder) prints one line and
+exits with status 2; set ``FORGETTING_SAM_DEBUG=1`` for the traceback. Any other exception is a
+bug and keeps its traceback. A diverged run exits with 3; SIGINT with 130, SIGTERM with 143.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from ..engine.errors import UserInputError
 
 __all__ = ["SUBCOMMAND_MODULES", "UserError", "build_parser", "main"]
 
@@ -23,7 +27,7 @@ SUBCOMMAND_MODULES = [
 ]
 
 
-class UserError(Exception):
+class UserError(UserInputError):
     """Raised by a subcommand for input the user can fix; printed without a traceback."""
 
 
@@ -38,17 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from ..engine import CheckpointError, ConfigError, DatasetNotFoundError, RunExistsError
-
-    # ValueError covers bad hyperparameters from the optimizers and unknown names from the
-    # model/data registries; their messages already say what to change.
-    return (UserError, ConfigError, DatasetNotFoundError, RunExistsError, CheckpointError,
-            FileNotFoundError, ValueError)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    """Entry point; returns the exit status (0 ok, 2 user error, 3 diverged, 130 SIGINT, 143 SIGTERM)."""
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -63,14 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from ..engine import TrainingInterrupted
+    from ..engine import TrainingDiverged, TrainingInterrupted
 
     try:
         rc = args.func(args)
     except TrainingInterrupted as e:
         print(f"forgetting-sam {args.command}: {e}", file=sys.stderr)
-        return 130
-    except _user_errors() as e:
+        return 128 + e.signum  # the shell's convention, which schedulers such as Slurm read
+    except TrainingDiverged as e:
+        print(f"forgetting-sam {args.command}: error: {e}", file=sys.stderr)
+        return 3
+    except UserInputError as e:
         if os.environ.get("FORGETTING_SAM_DEBUG"):
             raise
         print(f"forgetting-sam {args.command}: error: {e}", file=sys.stderr)

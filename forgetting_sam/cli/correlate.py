@@ -89,7 +89,10 @@ def cmd_correlate(args: argparse.Namespace) -> int:
 
     if len(args.runs) < 3:
         raise UserError(f"correlate needs at least 3 run directories, got {len(args.runs)}")
-    runs = [load_run(d, reduce=args.reduce) for d in args.runs]
+    try:
+        runs = [load_run(d, reduce=args.reduce) for d in args.runs]
+    except (FileNotFoundError, ValueError) as e:  # a mistyped or corrupt run directory
+        raise UserError(str(e)) from None
     kwargs = {"method": args.method, "bootstrap": args.bootstrap, "seed": args.seed}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -66,7 +66,8 @@ def _resolve_train_config(args: argparse.Namespace) -> C.TrainConfig:
     cfg_path = None
     if args.config is not None:
         cfg_path = C.resolve_preset(args.config)
-    elif overrides.get("resume") not in (None, "false", False) and overrides.get("out_dir"):
+    elif overrides.get("out_dir") and any(C.parse_value(k, overrides[k]) for k in ("resume", "resume_if_present")
+                                          if k in overrides):
         saved = Path(overrides["out_dir"]) / "config.yaml"
         if saved.is_file():  # `train --resume --out-dir RUN` continues with the run's own config
             cfg_path = saved
@@ -155,7 +156,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         summary = read_summary(p)
         records = read_metrics(p)
         if summary is None and not records:
-            raise FileNotFoundError(f"{p} holds no run (no summary.json or metrics.jsonl)")
+            raise C.ConfigError(f"{p} holds no run (no summary.json or metrics.jsonl)")
         label = p.name or str(p)
         if label in rows:
             label = str(p)

@@ -29,6 +29,7 @@ from .data import (
     symmetric_label_noise,
 )
 from .distributed import DistEnv, setup_distributed
+from .errors import OutputWriteError, UserInputError
 from .logging import RunLogger, compare_table, plot_curves, plot_runs, read_metrics, read_summary
 from .models import MODELS, build_model, count_parameters, model_options
 from .optim_factory import (
@@ -40,7 +41,7 @@ from .optim_factory import (
     build_schedules,
 )
 from .run import Run, load_run
-from .train import RunExistsError, TrainingInterrupted, TrainResult, evaluate, train
+from .train import RunExistsError, TrainingDiverged, TrainingInterrupted, TrainResult, evaluate, train
 
 __all__ = [
     "DATASETS",
@@ -56,13 +57,16 @@ __all__ = [
     "DistEnv",
     "IndexedDataset",
     "LRSchedule",
+    "OutputWriteError",
     "Run",
     "RunExistsError",
     "RunLogger",
     "SigmoidBCELoss",
     "TrainConfig",
     "TrainResult",
+    "TrainingDiverged",
     "TrainingInterrupted",
+    "UserInputError",
     "build_datasets",
     "build_loss",
     "build_model",

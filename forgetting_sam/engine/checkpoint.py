@@ -14,6 +14,7 @@ copied into the model, so a bad file is rejected with a clear message and never 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
@@ -23,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .errors import OutputWriteError, UserInputError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -39,7 +42,7 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model", "optimizer", "epoch", "step", "batch_in_epoch", "rng", "config")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserInputError, RuntimeError):
     """A checkpoint that cannot be used (missing, truncated, corrupted, or for another model)."""
 
 
@@ -53,17 +56,26 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
         The path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save({"format_version": FORMAT_VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        raise OutputWriteError(f"cannot write checkpoint {path} ({e.strerror or e}); the previous "
+                               "checkpoint is unchanged. Free space or choose a writable --out-dir") from None
+    except RuntimeError as e:
+        # torch.save reports a failed write of its zip container as a RuntimeError.
+        if "write" not in str(e).lower() and "inline_container" not in str(e):
+            raise
+        raise OutputWriteError(f"cannot write checkpoint {path} ({str(e).splitlines()[0][:120]}); the "
+                               "previous checkpoint is unchanged. Free space or choose a writable --out-dir") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return path
 
 

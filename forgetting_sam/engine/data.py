@@ -30,6 +30,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from .config import ConfigError
+from .errors import UserInputError
+
 __all__ = [
     "DATASETS",
     "DataBundle",
@@ -63,7 +66,7 @@ _SALT_SUBSET_TRAIN, _SALT_SUBSET_TEST, _SALT_VAL, _SALT_NOISE, _SALT_SUBSET_EVAL
 _FIXED_DATA_SEED = 20240607  # the toy problems and the digits split never change with `seed`
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserInputError, FileNotFoundError):
     """A data set's files are missing; the message says where we looked and how to get them."""
 
 
@@ -126,7 +129,7 @@ class LabeledView(Dataset):
         self.indices = torch.as_tensor(indices, dtype=torch.long)
         self.targets = torch.as_tensor(targets, dtype=torch.long)
         if len(self.indices) != len(self.targets):
-            raise ValueError(
+            raise ConfigError(
                 f"indices and targets must have the same length, got {len(self.indices)} "
                 f"and {len(self.targets)}"
             )
@@ -238,13 +241,13 @@ def symmetric_label_noise(
     """
     targets = torch.as_tensor(targets, dtype=torch.long).clone()
     if targets.dim() != 1:
-        raise ValueError(f"targets must be 1-D (N,), got shape {tuple(targets.shape)}")
+        raise ConfigError(f"targets must be 1-D (N,), got shape {tuple(targets.shape)}")
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"Invalid label noise rate: {rate} (allowed range [0, 1])")
+        raise ConfigError(f"Invalid label noise rate: {rate} (allowed range [0, 1])")
     if num_classes < 2 and rate > 0:
-        raise ValueError(f"label noise needs num_classes >= 2, got {num_classes}")
+        raise ConfigError(f"label noise needs num_classes >= 2, got {num_classes}")
     if len(targets) and (targets.min() < 0 or targets.max() >= num_classes):
-        raise ValueError(
+        raise ConfigError(
             f"targets must lie in [0, {num_classes}), got range "
             f"[{int(targets.min())}, {int(targets.max())}]"
         )
@@ -373,7 +376,7 @@ def _split_val(indices: torch.Tensor, val_fraction: float, seed: int):
     n = len(indices)
     n_val = max(1, round(val_fraction * n))
     if n_val >= n:
-        raise ValueError(
+        raise ConfigError(
             f"val_fraction={val_fraction} leaves no training examples out of {n}; "
             "use a smaller val_fraction"
         )
@@ -383,15 +386,15 @@ def _split_val(indices: torch.Tensor, val_fraction: float, seed: int):
 
 def _check_args(name, subset, label_noise, val_fraction, image_size):
     if name not in DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+        raise ConfigError(f"Unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if subset is not None and (not isinstance(subset, int) or subset < 1):
-        raise ValueError(f"subset must be a positive int or None, got {subset!r}")
+        raise ConfigError(f"subset must be a positive int or None, got {subset!r}")
     if not 0.0 <= label_noise <= 1.0:
-        raise ValueError(f"Invalid label_noise: {label_noise} (allowed range [0, 1])")
+        raise ConfigError(f"Invalid label_noise: {label_noise} (allowed range [0, 1])")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"Invalid val_fraction: {val_fraction} (allowed range [0, 1))")
+        raise ConfigError(f"Invalid val_fraction: {val_fraction} (allowed range [0, 1))")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
-        raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
+        raise ConfigError(f"image_size must be a positive int or None, got {image_size!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,7 +501,7 @@ def _train_indices_of_folders(folders: Sequence[str], train_classes: Sequence[st
     mapped = [_folder_to_train_index(f, class_to_idx, len(train_classes)) for f in folders]
     unknown = [f for f, m in zip(folders, mapped) if m is None]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{what}: {len(unknown)} class folder(s) match no training class, e.g. "
             f"{unknown[:5]}; folders must be named by a training class name (WordNet id) or "
             f"by a class index in [0, {len(train_classes)})"
@@ -590,11 +593,11 @@ def build_datasets(
     """
     _check_args(name, subset, label_noise, val_fraction, image_size)
     if eval_sets and name not in ("cifar10", "cifar100", "imagenet"):
-        raise ValueError(
+        raise ConfigError(
             f"eval_sets needs an image data set (cifar10, cifar100, imagenet), not {name!r}"
         )
     if imagenet_r_mask and not eval_sets:
-        raise ValueError("imagenet_r_mask=True needs eval_sets, e.g. {'imagenet-r': PATH}")
+        raise ConfigError("imagenet_r_mask=True needs eval_sets, e.g. {'imagenet-r': PATH}")
 
     if name in _TOY or name == "digits":
         x_tr, y_tr, x_te, y_te, classes = _toy_arrays(name) if name in _TOY else _digits_arrays()
@@ -673,7 +676,7 @@ def build_datasets(
             if not mask.all():
                 extra_eval_masks[key] = mask
     if imagenet_r_mask and not extra_eval_masks:
-        raise ValueError(
+        raise ConfigError(
             "imagenet_r_mask=True but every eval set covers all training classes; the mask "
             "is meant for subsets such as ImageNet-R (200 of 1000 classes)"
         )

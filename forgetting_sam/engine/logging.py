@@ -16,7 +16,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import UserInputError
+
 __all__ = [
+    "CorruptRunFileError",
     "METRICS_CSV",
     "METRICS_JSONL",
     "SUMMARY_JSON",
@@ -120,9 +123,13 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
-            records.append(json.loads(line))
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise CorruptRunFileError(f"{path}:{line_no}: not a JSON record ({e.msg}); the file is corrupt. "
+                                          "Delete that line, or resume the run to rewrite it") from None
     return records
 
 
@@ -131,7 +138,14 @@ def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(run_dir) / SUMMARY_JSON
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CorruptRunFileError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); the file is corrupt") from None
+
+
+class CorruptRunFileError(UserInputError, ValueError):
+    """A run file (``metrics.jsonl``, ``summary.json``) that cannot be parsed; names file and line."""
 
 
 def _series(records: Sequence[dict], key: str) -> tuple[list[float], list[float]]:

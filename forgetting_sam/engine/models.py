@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torchvision.models import VisionTransformer
 
+from .config import ConfigError
+
 __all__ = [
     "MLP",
     "MODELS",
@@ -42,6 +44,7 @@ __all__ = [
     "ViT",
     "WideResNet",
     "build_model",
+    "check_model_options",
     "count_parameters",
     "model_options",
 ]
@@ -429,9 +432,23 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 def model_options(name: str) -> dict[str, object]:
     """The options ``name`` accepts, with their defaults (for ``--help`` and error messages)."""
     if name not in MODELS:
-        raise ValueError(f"Unknown model {name!r}; valid names: {', '.join(MODELS)}")
+        raise ConfigError(f"Unknown model {name!r}; valid names: {', '.join(MODELS)}")
     params = inspect.signature(MODELS[name]).parameters.values()
     return {p.name: p.default for p in params if p.name not in ("num_classes", "input_shape")}
+
+
+def check_model_options(name: str, options: dict) -> None:
+    """Raise :class:`ConfigError` for an unknown model, an unknown option or an option value
+    of the wrong kind (``hidden_sizes=abc``, ``hidden_sizes=[0]``, ``dropout=2``)."""
+    accepted = model_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"Unknown option(s) {unknown} for model {name!r}; valid options: "
+            f"{', '.join(accepted) or 'none'}"
+        )
+    for key, value in options.items():
+        _check_option(name, key, value, accepted[key])
 
 
 def build_model(name: str, *, num_classes: int, input_shape: Sequence[int], **options) -> nn.Module:
@@ -450,13 +467,7 @@ def build_model(name: str, *, num_classes: int, input_shape: Sequence[int], **op
 
         build_model("cnn", num_classes=10, input_shape=(1, 8, 8), width=16)
     """
-    accepted = model_options(name)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"Unknown option(s) {unknown} for model {name!r}; valid options: "
-            f"{', '.join(accepted) or 'none'}"
-        )
+    check_model_options(name, options)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     input_shape = tuple(int(s) for s in input_shape)
@@ -464,4 +475,37 @@ def build_model(name: str, *, num_classes: int, input_shape: Sequence[int], **op
         raise ValueError(
             f"input_shape must be a non-empty tuple of positive ints, got {input_shape}"
         )
-    return MODELS[name](num_classes=num_classes, input_shape=input_shape, **options)
+    try:
+        return MODELS[name](num_classes=num_classes, input_shape=input_shape, **options)
+    except ValueError as e:  # the builders' own consistency checks (patch vs image size, ...)
+        raise ConfigError(f"model_options for {name!r}: {e}") from None
+
+
+def _check_option(model: str, key: str, value, default) -> None:
+    """Reject a model option whose value does not fit its default's kind, before any layer is
+    built (a raw ``TypeError`` from ``torch.empty``, or a zero-width layer that trains silently)."""
+    where = f"model_options {key}={value!r} for model {model!r}"
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        want = "a positive int"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        want = "a finite number"
+        if ok and "dropout" in key:
+            ok, want = 0 <= value < 1, "a rate in [0, 1)"
+    elif isinstance(default, tuple):
+        # An MLP without hidden layers is a linear model; every other sequence needs an entry.
+        ok = (isinstance(value, (list, tuple)) and (len(value) > 0 or key == "hidden_sizes")
+              and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value))
+        want = f"a non-empty list of positive ints like {list(default)}"
+    elif isinstance(default, str):
+        ok, want = isinstance(value, str), "a string"
+    elif default is None:  # optional ints (ViT's image_size)
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+        want = "a positive int or none"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"{where}: must be {want}")

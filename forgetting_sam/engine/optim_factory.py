@@ -157,8 +157,10 @@ def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown wrapper {w!r}; valid: {', '.join(WRAPPERS)}")
 
 
-class LRSchedule:
-    """The learning rate per optimizer step: linear warm-up, then a decay to ``lr_min``.
+class LRSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """The learning rate per optimizer step: linear warm-up, then a decay to ``lr_min``; a
+    :class:`torch.optim.lr_scheduler.LambdaLR`, so it composes and checkpoints like any torch
+    scheduler (``state_dict`` holds ``last_epoch``, ``base_lrs``, ...).
 
     ``lr_at(t)`` is the lr of optimizer step ``t`` (0-based). Warm-up rises linearly as
     ``lr·(t+1)/W`` over the first ``W`` steps; then, with ``p`` going from 0 to 1 over the
@@ -170,7 +172,7 @@ class LRSchedule:
     - ``constant``: ``lr``.
 
     Each param group scales by its own initial lr (``lr_min`` in proportion). Call
-    :meth:`step` after every optimizer step. ``state_dict`` holds plain numbers.
+    :meth:`step` after every optimizer step (skipped ones too: the schedule counts steps).
 
     Example:
         >>> sched = LRSchedule(opt, total_steps=1000, warmup_steps=100, lr_min=1e-4)
@@ -180,63 +182,46 @@ class LRSchedule:
     def __init__(self, optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int = 0,
                  kind: str = "linear", lr_min: float = 0.0, steps_per_epoch: int = 1):
         if kind not in ("linear", "cosine", "step", "constant"):
-            raise ValueError(f"Invalid lr schedule kind: {kind!r} (linear, cosine, step or constant)")
+            raise ConfigError(f"Invalid lr schedule kind: {kind!r} (linear, cosine, step or constant)")
         if total_steps < 1:
-            raise ValueError(f"Invalid total_steps: {total_steps} (must be >= 1)")
-        self.optimizer = optimizer
+            raise ConfigError(f"Invalid total_steps: {total_steps} (must be >= 1)")
+        lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        for name, value in [("lr_min", lr_min)] + [(f"lr of param group {i}", v) for i, v in enumerate(lrs)]:
+            if not math.isfinite(float(value)):
+                raise ConfigError(f"LRSchedule: {name} must be a finite number, got {value}")
         self.kind, self.total_steps, self.warmup_steps = kind, int(total_steps), int(warmup_steps)
         self.steps_per_epoch = max(1, int(steps_per_epoch))
-        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
-        self.lr_min_ratio = lr_min / self.base_lrs[0] if self.base_lrs[0] > 0 else 0.0
-        self.t = 0
-        self._apply()
+        self.lr_min_ratio = lr_min / float(lrs[0]) if float(lrs[0]) > 0 else 0.0
+        kind_, total_, w_, spe_, ratio_ = self.kind, self.total_steps, self.warmup_steps, self.steps_per_epoch, \
+            self.lr_min_ratio
+
+        def multiplier(t: int) -> float:  # a plain function: LambdaLR's state_dict then skips it
+            return _lr_multiplier(t, kind_, total_, w_, spe_, ratio_)
+
+        super().__init__(optimizer, multiplier)
 
     def factor(self, t: int) -> float:
-        """The multiplier of the peak lr at step ``t`` (``lr_min`` handled by :meth:`lr_at`)."""
-        w, total = self.warmup_steps, self.total_steps
-        if t < w:
-            return (t + 1) / w
-        if self.kind == "constant":
-            return 1.0
-        if self.kind == "step":
-            epochs = total / self.steps_per_epoch
-            epoch = t // self.steps_per_epoch
-            return 0.2 ** sum(epoch >= epochs * f for f in (0.3, 0.6, 0.8))
-        p = min(1.0, (t - w) / max(1, total - 1 - w))
-        return 1.0 - p if self.kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
+        """The multiplier of the peak lr at step ``t``, ``lr_min`` included."""
+        return _lr_multiplier(t, self.kind, self.total_steps, self.warmup_steps, self.steps_per_epoch,
+                              self.lr_min_ratio)
 
     def lr_at(self, t: int, group: int = 0) -> float:
         """The lr of group ``group`` at optimizer step ``t``."""
-        base = self.base_lrs[group]
-        f = self.factor(t)
-        if self.kind in ("linear", "cosine") and t >= self.warmup_steps:
-            low = base * self.lr_min_ratio
-            return low + (base - low) * f
-        return base * f
+        return self.base_lrs[group] * self.factor(t)
 
-    def _apply(self) -> None:
-        for i, g in enumerate(self.optimizer.param_groups):
-            g["lr"] = self.lr_at(self.t, i)
 
-    def step(self) -> None:
-        """Advance one optimizer step and set the groups' lr for the next one."""
-        self.t += 1
-        self._apply()
-
-    def get_last_lr(self) -> list[float]:
-        return [g["lr"] for g in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"t": self.t, "kind": self.kind, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "steps_per_epoch": self.steps_per_epoch,
-                "base_lrs": list(self.base_lrs), "lr_min_ratio": self.lr_min_ratio}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.t = int(state["t"])
-        self.kind, self.total_steps = state["kind"], int(state["total_steps"])
-        self.warmup_steps, self.steps_per_epoch = int(state["warmup_steps"]), int(state["steps_per_epoch"])
-        self.base_lrs, self.lr_min_ratio = list(state["base_lrs"]), float(state["lr_min_ratio"])
-        self._apply()
+def _lr_multiplier(t: int, kind: str, total: int, w: int, steps_per_epoch: int, lr_min_ratio: float) -> float:
+    if t < w:
+        return (t + 1) / w
+    if kind == "constant":
+        return 1.0
+    if kind == "step":
+        epochs = total / steps_per_epoch
+        epoch = t // steps_per_epoch
+        return 0.2 ** sum(epoch >= epochs * f for f in (0.3, 0.6, 0.8))
+    p = min(1.0, (t - w) / max(1, total - 1 - w))
+    f = 1.0 - p if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
+    return lr_min_ratio + (1.0 - lr_min_ratio) * f
 
 
 def build_schedules(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int

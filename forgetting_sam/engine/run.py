@@ -22,6 +22,7 @@ from torch import nn
 from .checkpoint import check_model_state, load_checkpoint
 from .config import ConfigError, TrainConfig, config_from_dict, load_yaml_config
 from .data import DataBundle, build_datasets
+from .errors import RunNotFoundError
 from .logging import read_metrics, read_summary
 from .models import build_model
 from .optim_factory import build_loss
@@ -74,14 +75,14 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "last", *, device: st
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"no run directory at {run_dir}")
+        raise RunNotFoundError(f"no run directory at {run_dir}")
     path = Path(checkpoint)
     if not path.is_file():
         name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
         path = run_dir / CHECKPOINT_DIR / name
     if not path.is_file():
         found = sorted(p.stem for p in (run_dir / CHECKPOINT_DIR).glob("*.pt"))
-        raise FileNotFoundError(f"no checkpoint {checkpoint!r} in {run_dir / CHECKPOINT_DIR}; "
+        raise RunNotFoundError(f"no checkpoint {checkpoint!r} in {run_dir / CHECKPOINT_DIR}; "
                                 f"available: {', '.join(found) or 'none (was the run started?)'}")
     state = load_checkpoint(path)
     if (run_dir / "config.yaml").is_file():

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, TrainConfig, config_to_dict, make_config, save_config
 from .data import DataBundle, IndexedDataset, build_datasets
+from .errors import OutputWriteError, UserInputError
 from .distributed import (
     DistEnv,
     ResumableDistributedSampler,
@@ -58,22 +60,48 @@ from .logging import RunLogger, plot_curves, read_summary
 from .models import build_model, count_parameters
 from .optim_factory import build_loss, build_optimizer, build_schedules
 
-__all__ = ["CHECKPOINT_DIR", "RunExistsError", "TrainResult", "TrainingInterrupted", "evaluate", "train"]
+__all__ = ["CHECKPOINT_DIR", "RunExistsError", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "evaluate",
+           "train"]
 
 CHECKPOINT_DIR = "checkpoints"
 RUN_FILES = ("metrics.jsonl", "metrics.csv", "summary.json", "config.yaml", "curves.png", "forgetting.pt")
 
 
-class RunExistsError(FileExistsError):
-    """``out_dir`` already holds a run that this call would overwrite."""
+class RunExistsError(UserInputError, FileExistsError):
+    """``out_dir`` already holds a run that this call would overwrite, or holds none to resume."""
 
 
 class TrainingInterrupted(RuntimeError):
-    """SIGTERM/SIGINT stopped training; a checkpoint was saved first (``.checkpoint``)."""
+    """SIGTERM/SIGINT stopped training; a checkpoint was saved first (``.checkpoint``).
+    ``.signum`` is the signal's number (the CLI exits with 128 + signum)."""
+
+    def __init__(self, message: str, checkpoint: Path | None, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.signum = int(signum)
+
+
+class TrainingDiverged(RuntimeError):
+    """``max_nonfinite_steps`` consecutive optimizer steps had a non-finite loss or were skipped,
+    or the weights became non-finite. No checkpoint was written after the divergence;
+    ``.checkpoint`` is the last good one (or None)."""
 
     def __init__(self, message: str, checkpoint: Path | None):
         super().__init__(message)
         self.checkpoint = checkpoint
+
+
+@contextlib.contextmanager
+def _writing(out_dir: Path | None):
+    """Turn a failed write of a run file (read-only folder, full disk) into one clear error."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as e:
+        where = getattr(e, "filename", None) or out_dir
+        raise OutputWriteError(f"cannot write to {where} ({e.strerror or e}); free space or choose a "
+                               "writable --out-dir") from None
 
 
 @dataclass
@@ -136,43 +164,48 @@ class _StopSignal:
         return False
 
 
-def _prepare_out_dir(cfg: TrainConfig, env: DistEnv) -> tuple[Path | None, Path | None]:
+def _prepare_out_dir(cfg: TrainConfig, env: DistEnv) -> tuple[Path | None, Path | None, bool]:
     """Decide what ``out_dir`` holds and whether we may write there.
 
-    Returns ``(out_dir, checkpoint_to_resume)``. Raises :class:`RunExistsError` rather than
+    Returns ``(out_dir, checkpoint_to_resume, clear)``; ``clear``: replace what ``out_dir`` holds. Raises :class:`RunExistsError` rather than
     overwrite a run without ``overwrite``.
     """
     if cfg.out_dir is None:
-        if cfg.resume:
+        if cfg.resume or cfg.resume_if_present:
             raise ConfigError("resume needs out_dir (the run directory to continue)")
-        return None, None
+        return None, None, False
     out = Path(cfg.out_dir)
     last = out / CHECKPOINT_DIR / "last.pt"
     summary = read_summary(out) if (out / "summary.json").is_file() else None
     finished = summary is not None and summary.get("status") == "finished"
     has_run = last.is_file() or summary is not None or (out / "metrics.jsonl").is_file()
     resume_from = None
-    if cfg.resume:
+    if cfg.resume or cfg.resume_if_present:
         if last.is_file():
             resume_from = last
         elif has_run:
-            raise RunExistsError(f"{out} holds a run but no checkpoint ({last}) to resume from; "
-                                 "pass --overwrite to start over")
+            # Killed before its first checkpoint: nothing of it can be continued, so it starts
+            # over in place (the checkpoint is written before each epoch's record, so no
+            # finished epoch is lost).
+            return out, None, True
+        elif cfg.resume and not cfg.resume_if_present:
+            raise RunExistsError(f"nothing to resume in {out}: it holds no run (no {CHECKPOINT_DIR}/last.pt). "
+                                 "Check --out-dir, or pass --resume-if-present to start a fresh run there")
     elif has_run and not cfg.overwrite:
         what = "a finished run" if finished else "an unfinished run"
         hint = "" if finished else " or --resume to continue it"
         raise RunExistsError(f"{out} already holds {what}; pass --overwrite to replace it{hint}, "
                              "or choose another --out-dir")
-    return out, resume_from
+    return out, resume_from, cfg.overwrite
 
 
-def _claim_out_dir(out: Path | None, cfg: TrainConfig, env: DistEnv) -> None:
+def _claim_out_dir(out: Path | None, clear: bool, env: DistEnv) -> None:
     """Clear a run being overwritten (rank 0, after every rank has checked) and create the folder."""
     if out is None:
         return
     barrier(env)
     if env.is_main:
-        if cfg.overwrite:
+        if clear:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
             shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
@@ -182,8 +215,8 @@ def _claim_out_dir(out: Path | None, cfg: TrainConfig, env: DistEnv) -> None:
 
 def _check_resume_config(cfg: TrainConfig, saved: dict[str, Any], path: Path) -> None:
     # Keys that may change between the interrupted and the resumed process.
-    free = {"resume", "overwrite", "quiet", "num_workers", "device", "log_every", "out_dir", "data_dir",
-            "download", "eval_batch_size"}
+    free = {"resume", "resume_if_present", "overwrite", "quiet", "num_workers", "device", "log_every", "out_dir",
+            "data_dir", "download", "eval_batch_size", "max_nonfinite_steps"}
     now = config_to_dict(cfg)
     diff = sorted(k for k in now if k not in free and k in saved and saved[k] != now[k])
     if diff:
@@ -285,7 +318,7 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
     show = env.is_main and not cfg.quiet
 
     # ---- run directory: never overwrite a run by accident ---------------------------------
-    out_dir, resume_from = _prepare_out_dir(cfg, env)
+    out_dir, resume_from, clear = _prepare_out_dir(cfg, env)
     ckpt = None
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from)  # fully read and checked before anything is applied
@@ -343,15 +376,18 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
     if cfg.track_forgetting:
         from ..forgetting import ForgettingTracker, perturbed_forgetting
         tracker = ForgettingTracker(len(train_set), device=device)
-    if cfg.micro_batch_size and cfg.micro_batch_size > local_batch and show:
-        print(f"note: micro_batch_size={cfg.micro_batch_size} exceeds the per-replica batch {local_batch}; "
-              "each replica perturbs its whole batch")
+    if cfg.micro_batch_size and cfg.micro_batch_size > local_batch and env.is_main:
+        # Not an error (the global batch fits it), but the run is not the m-sharpness asked for.
+        warnings.warn(f"micro_batch_size={cfg.micro_batch_size} exceeds the per-replica batch {local_batch} "
+                      f"(batch_size / (world_size × accumulation_steps)); each replica perturbs its whole batch",
+                      stacklevel=2)
 
     # ---- claim the run directory (only now that everything above was built without error) --
-    _claim_out_dir(out_dir, cfg, env)
-    logger = RunLogger(out_dir, enabled=env.is_main)
-    if out_dir is not None and env.is_main:
-        save_config(cfg, out_dir / "config.yaml")
+    with _writing(out_dir):
+        _claim_out_dir(out_dir, clear, env)
+        logger = RunLogger(out_dir, enabled=env.is_main)
+        if out_dir is not None and env.is_main:
+            save_config(cfg, out_dir / "config.yaml")
 
     # ---- resume ---------------------------------------------------------------------------
     start_epoch, start_batch, global_step, elapsed_before, best_test = 0, 0, 0, 0.0, None
@@ -372,7 +408,11 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
         elapsed_before, best_test = ckpt.get("elapsed_s", 0.0), ckpt.get("best_test_acc")
         saved_meters = ckpt.get("meters")
         set_rng_state(ckpt["rng"][env.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
-        logger.restore(upto_epoch=start_epoch)
+        with _writing(out_dir):
+            logger.restore(upto_epoch=start_epoch)
+            record = ckpt.get("record")
+            if record and start_batch == 0 and not any(r.get("epoch") == start_epoch for r in logger.records):
+                logger.log(record)  # killed between the checkpoint and its epoch record
         if show:
             print(f"resuming {out_dir} at epoch {start_epoch + 1}, batch {start_batch} (step {global_step})")
         if start_epoch >= cfg.epochs:
@@ -381,7 +421,7 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
 
     autocast = _autocast(cfg, device)
 
-    def checkpoint(epoch: int, batch_in_epoch: int, meters) -> Path | None:
+    def checkpoint(epoch: int, batch_in_epoch: int, meters, record=None) -> Path | None:
         """Save everything needed to continue exactly here (rank 0 writes; RNG of every rank)."""
         rng = get_rng_state()
         if env.distributed:
@@ -400,6 +440,7 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
             "meters": meters, "elapsed_s": elapsed_before + time.perf_counter() - t_start,
             "best_test_acc": best_test, "config": config_to_dict(cfg),
             "num_classes": bundle.num_classes, "input_shape": list(bundle.input_shape),
+            "record": record,
         }
         return save_checkpoint(state, out_dir / CHECKPOINT_DIR / "last.pt")
 
@@ -410,6 +451,12 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
 
     # ---- the loop ------------------------------------------------------------------------
     status, stop_requested = "finished", False
+    # Divergence watch: consecutive bad updates, whether any was seen, whether it was reported.
+    bad_run = torch.zeros((), dtype=torch.int64, device=device)
+    bad_seen = torch.zeros((), dtype=torch.bool, device=device)
+    step_bad = torch.zeros((), dtype=torch.bool, device=device)
+    warned = False
+    check_every = max(1, min(cfg.log_every, cfg.max_nonfinite_steps or cfg.log_every))
     lr_used, rho_used = optimizer.param_groups[0]["lr"], optimizer.param_groups[0].get("rho")
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -421,6 +468,7 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
             "loss": torch.zeros((), dtype=torch.float64), "correct": torch.zeros((), dtype=torch.float64),
             "count": torch.zeros((), dtype=torch.float64), "p_loss": torch.zeros((), dtype=torch.float64),
             "skipped": torch.zeros((), dtype=torch.float64)}
+        meters.setdefault("nonfinite", torch.zeros((), dtype=torch.float64))
         meters = {k: v.to(device) for k, v in meters.items()}
         forget_sums: dict[str, torch.Tensor] = {k[3:]: v for k, v in meters.items() if k.startswith("pf_")}
         epoch_examples, t_epoch = 0, time.perf_counter()
@@ -454,6 +502,8 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
                 meters["p_loss"] += result.perturbed_loss.double() * n
             if result.skipped:
                 meters["skipped"] += 1
+            # Tracked on the device (no sync per step) and read every `check_every` updates.
+            step_bad = step_bad | ~torch.isfinite(result.loss.detach()) | bool(result.skipped)
             if tracker is not None:
                 if result.perturbed_logits is not None and not result.skipped:
                     for k, v in perturbed_forgetting(result.logits.float(), result.perturbed_logits.float(), y,
@@ -470,6 +520,13 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
                 if rho_sched is not None:
                     rho_sched.step()
                 global_step += 1
+                meters["nonfinite"] += step_bad
+                bad_run = torch.where(step_bad, bad_run + 1, torch.zeros_like(bad_run))
+                bad_seen |= step_bad
+                step_bad = torch.zeros((), dtype=torch.bool, device=device)
+                if global_step % check_every == 0 or batch_idx + 1 == batches_per_epoch:
+                    warned = _check_nonfinite(cfg, env, bad_run, bad_seen, warned, global_step, out_dir, logger,
+                                              raw_model, tracker, best_test, elapsed_before, t_start)
             step_bar.update(1)
             if bars and (batch_idx + 1) % cfg.log_every == 0:
                 c = meters["count"].item()
@@ -484,16 +541,18 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
                 if _any_rank(stop.received is not None or stop_requested, env):
                     step_bar.close()
                     epoch_bar.close()
-                    saved = checkpoint(epoch, batch_idx + 1, _meters_state(meters, forget_sums))
+                    with _writing(out_dir):
+                        saved = checkpoint(epoch, batch_idx + 1, _meters_state(meters, forget_sums))
                     return _stopped(cfg, env, raw_model, logger, out_dir, tracker, global_step, best_test,
                                     elapsed_before + time.perf_counter() - t_start, stop, saved)
         step_bar.close()
         train_time = time.perf_counter() - t_epoch
 
         # ---- end of epoch: reduce the meters (one sync), evaluate, log, checkpoint ----------
-        names = ["loss", "correct", "count", "p_loss", "skipped"] + sorted(forget_sums)
-        totals = torch.stack([meters[k] for k in names[:5]] + [torch.as_tensor(forget_sums[k], device=device)
-                                                                for k in names[5:]]).to(torch.float64)
+        fixed = ["loss", "correct", "count", "p_loss", "skipped", "nonfinite"]
+        names = fixed + sorted(forget_sums)
+        totals = torch.stack([meters[k].to(torch.float64) for k in fixed] + [
+            torch.as_tensor(forget_sums[k], device=device).to(torch.float64) for k in names[len(fixed):]])
         all_reduce_sum(totals, env)
         t = dict(zip(names, totals.tolist()))
         count = max(t["count"], 1)
@@ -504,10 +563,11 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
         }
         if family:
             record["train_loss_perturbed"] = t["p_loss"] / count
-        for k in names[5:]:
+        for k in names[len(fixed):]:
             record[k] = t[k] / count
-        if scaler is not None:
-            record["skipped_steps"] = int(t["skipped"])
+        # Always logged: a diverging run shows here long before it stops.
+        record["skipped_steps"] = int(t["skipped"])
+        record["nonfinite_steps"] = int(t["nonfinite"])
         record["throughput"] = epoch_examples / max(train_time, 1e-9)
         record["epoch_time_s"] = train_time
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
@@ -525,9 +585,16 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
                 record["hessian_top_eig"] = _hessian_top_eig(raw_model, bundle.train, eval_loss_fn, cfg, device)
             barrier(env)
         record = {k: v for k, v in record.items() if v is not None}
-        logger.log(record)
+        if cfg.max_nonfinite_steps and _any_rank(not _weights_finite(raw_model), env):
+            _diverged(cfg, env, raw_model, logger, out_dir, tracker, global_step, best_test,
+                      elapsed_before + time.perf_counter() - t_start,
+                      f"the weights are non-finite after epoch {epoch + 1} (step {global_step})")
         saved_meters = None
-        checkpoint(epoch + 1, 0, None)
+        # Checkpoint first, then the record: a run killed in between resumes from the checkpoint,
+        # which carries the record (a record without its checkpoint could not be resumed).
+        with _writing(out_dir):
+            checkpoint(epoch + 1, 0, None, record)
+            logger.log(record)
         epoch_bar.update(1)
         if show:
             line = f"epoch {epoch + 1}/{cfg.epochs}  " + "  ".join(
@@ -546,6 +613,49 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
 
 
 # ------------------------------------------------------------------------------ endings
+def _weights_finite(model: nn.Module) -> bool:
+    """One sync: are all parameters finite (checked before a checkpoint may replace a good one)."""
+    flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all().item()) if flags else True
+
+
+def _check_nonfinite(cfg, env, bad_run, bad_seen, warned, global_step, out_dir, logger, raw_model, tracker,
+                     best_test, elapsed_before, t_start) -> bool:
+    """Warn once on the first non-finite loss or skipped update; stop the run (every rank
+    together) after ``max_nonfinite_steps`` consecutive ones. Returns the new ``warned``."""
+    limit = cfg.max_nonfinite_steps
+    flags = torch.stack([(bad_run >= limit) if limit else torch.zeros((), dtype=torch.bool, device=bad_run.device),
+                         bad_seen]).to(torch.float64)
+    all_reduce_sum(flags, env)
+    over, seen = (bool(v > 0) for v in flags.tolist())
+    if seen and not warned and env.is_main:
+        print(f"warning: a non-finite loss or a skipped update (non-finite gradient) at or before step "
+              f"{global_step}; training stops after {limit or 'no limit of'} consecutive ones "
+              "(--max-nonfinite-steps)", file=sys.stderr)
+    if over:
+        _diverged(cfg, env, raw_model, logger, out_dir, tracker, global_step, best_test,
+                  elapsed_before + time.perf_counter() - t_start,
+                  f"{limit} consecutive optimizer steps had a non-finite loss or were skipped (up to step "
+                  f"{global_step})")
+    return warned or seen
+
+
+def _diverged(cfg, env, raw_model, logger, out_dir, tracker, global_step, best_test, elapsed, why: str):
+    """Record the divergence in summary.json and raise :class:`TrainingDiverged`; the last
+    checkpoint is left as it was (it predates the divergence)."""
+    last = out_dir / CHECKPOINT_DIR / "last.pt" if out_dir is not None else None
+    last = last if last is not None and last.is_file() else None
+    summary = _base_summary(cfg, raw_model, global_step, best_test, elapsed, logger, env)
+    summary["status"] = "diverged"
+    summary["checkpoint"] = str(last) if last else None
+    with _writing(out_dir):
+        logger.write_summary(summary)
+    barrier(env)
+    keep = f"; the last good checkpoint is {last}" if last else ""
+    raise TrainingDiverged(f"training diverged: {why}{keep}. Lower --lr (or --rho), or raise "
+                           "--max-nonfinite-steps", last)
+
+
 def _meters_state(meters: dict, forget_sums: dict) -> dict[str, torch.Tensor]:
     state = {k: v.detach().cpu() for k, v in meters.items()}
     state.update({f"pf_{k}": torch.as_tensor(v).detach().double().cpu() for k, v in forget_sums.items()})
@@ -600,13 +710,14 @@ def _stopped(cfg, env, raw_model, logger, out_dir, tracker, global_step, best_te
     summary = _base_summary(cfg, raw_model, global_step, best_test, elapsed, logger, env)
     summary["status"] = "interrupted" if stop.received is not None else "stopped"
     summary["checkpoint"] = str(saved) if saved else None
-    logger.write_summary(summary)
+    with _writing(out_dir):
+        logger.write_summary(summary)
     barrier(env)
     if stop.received is not None:
         name = signal.Signals(stop.received).name
         where = f"; resume with --resume --out-dir {out_dir}" if saved else ""
         raise TrainingInterrupted(f"{name} received: stopped after step {global_step}{where}",
-                                  Path(saved) if saved else None)
+                                  Path(saved) if saved else None, stop.received)
     return TrainResult(raw_model, summary, list(logger.records), out_dir, cfg, tracker)
 
 
@@ -630,9 +741,10 @@ def _finish(cfg, env, raw_model, logger, out_dir, tracker, global_step, best_tes
         summary["extra_eval"] = extra
     if tracker is not None:
         summary["forgetting"] = tracker.summary()
-        if out_dir is not None and env.is_main:
+    with _writing(out_dir):
+        if tracker is not None and out_dir is not None and env.is_main:
             tracker.save(out_dir / "forgetting.pt")
-    logger.write_summary(summary)
+        logger.write_summary(summary)
     if out_dir is not None and env.is_main and logger.records:
         try:
             plot_curves(out_dir)
