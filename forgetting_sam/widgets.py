@@ -33,10 +33,12 @@ from torch import Tensor
 from .optim import ASAM, GSAM, SAM
 
 __all__ = ["TOY_OPTIMIZERS", "DirectionExplorer", "Explorer", "ToyLoss", "direction_explorer", "explorer",
-           "loss_grid", "make_optimizer", "perturbation", "shifted_logits", "toy_losses", "trajectory"]
+           "contour_levels", "log_colorbar", "loss_grid", "make_optimizer", "perturbation", "shifted_logits", "toy_losses", "trajectory"]
 
 TOY_OPTIMIZERS = ("gd", "sam", "asam", "gsam")
 _COLORS = {"gd": "tab:blue", "sam": "tab:red", "asam": "tab:green", "gsam": "tab:purple"}
+# Paths often run close together: a line style and marker each keep them apart in print too.
+_STYLES = {"gd": ("-", "o"), "sam": ("--", "s"), "asam": (":", "^"), "gsam": ("-.", "D")}
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,12 @@ def _bump(w: Tensor, center: tuple[float, float], width: float) -> Tensor:
 
 
 def _two_basins(w: Tensor) -> Tensor:
-    # A narrow, deeper dip at (-1, 0) on the side of a wide, shallower basin at (1, 0).
-    return 1.0 - 0.6 * _bump(w, (-1.0, 0.0), 0.25) - 0.8 * _bump(w, (1.0, 0.0), 1.5)
+    # A narrow dip at (-0.6, 0.7), deeper than the wide basin at (1, 0) whose slope it sits on.
+    # Chosen (by trying) so that from the suggested start GD falls into the dip while SAM's
+    # gradient, taken ρ uphill where the dip's pull has faded, carries it past to the wide basin.
+    x, y = w[..., 0], w[..., 1]
+    wide = torch.exp(-((x - 1.0) ** 2) / (2 * 1.8**2) - y**2 / (2 * 0.9**2))
+    return 1.05 - 0.6 * _bump(w, (-0.6, 0.7), 0.18) - 0.8 * wide
 
 
 def _valley(w: Tensor) -> Tensor:
@@ -74,8 +80,8 @@ def toy_losses() -> dict[str, ToyLoss]:
     """The toy landscapes, by name: ``"two_basins"`` (sharp and flat basin) and ``"valley"``."""
     return {
         "two_basins": ToyLoss(
-            "two_basins", _two_basins, (-2.5, 3.0), (-2.0, 2.0), (-0.7, 0.6),
-            "sharp basin near (-1, 0), loss ≈ 0.07 (deeper); flat basin at (1, 0), loss 0.20",
+            "two_basins", _two_basins, (-2.5, 3.0), (-1.5, 2.0), (-2.0, 1.3),
+            "sharp basin at (-0.6, 0.7), loss ≈ 0.05 (deeper); flat basin at (1, 0), loss 0.25",
         ),
         "valley": ToyLoss(
             "valley", _valley, (-3.0, 3.0), (-1.0, 3.0), (-2.8, 0.5),
@@ -177,6 +183,32 @@ def loss_grid(loss_name: str | ToyLoss, n: int = 121) -> tuple[np.ndarray, np.nd
     return X.numpy(), Y.numpy(), Z.numpy()
 
 
+def contour_levels(Z: np.ndarray, n: int = 30) -> dict:
+    """``contourf`` keyword arguments for ``Z``: ``n`` log-spaced levels and a ``LogNorm`` when
+    ``Z > 0`` everywhere (so a shallow minimum next to a deep one stays visible), linear otherwise."""
+    from matplotlib.colors import LogNorm
+
+    lo, hi = float(Z.min()), float(Z.max())
+    if lo > 0:
+        return {"levels": np.geomspace(lo, hi, n), "norm": LogNorm(lo, hi)}
+    return {"levels": n}
+
+
+def log_colorbar(fig, mappable, ax, label: str):
+    """A colour bar for ``mappable`` with readable ticks: 1-2-5 steps (``%g`` labels) when its
+    norm is logarithmic, matplotlib's default otherwise. Returns the colour bar."""
+    from matplotlib.colors import LogNorm
+
+    cb = fig.colorbar(mappable, ax=ax, label=label)
+    norm = mappable.norm
+    if isinstance(norm, LogNorm):
+        decades = range(int(np.floor(np.log10(norm.vmin))), int(np.ceil(np.log10(norm.vmax))) + 1)
+        ticks = [m * 10.0**e for e in decades for m in (1, 2, 5) if norm.vmin <= m * 10.0**e <= norm.vmax]
+        cb.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
+        cb.minorticks_off()
+    return cb
+
+
 class _FigureWidget:
     """Display plumbing shared by the explorers: ``self.fig`` is redrawn into
     ``self.output`` (a plain ``ipywidgets.Output``, so no ipympl is needed) and the
@@ -230,14 +262,16 @@ class Explorer(_FigureWidget):
         with plt.ioff():
             self.fig, self.ax = plt.subplots(figsize=(7, 4.5))
         X, Y, Z = loss_grid(self.loss)
-        cs = self.ax.contourf(X, Y, Z, levels=30, cmap="viridis")
-        self.fig.colorbar(cs, ax=self.ax, label="loss L(w)")
+        cs = self.ax.contourf(X, Y, Z, **contour_levels(Z), cmap="viridis")
+        log_colorbar(self.fig, cs, self.ax, "loss L(w) (log scale)" if Z.min() > 0 else "loss L(w)")
         self.ax.set_xlabel("w₁ (parameter units)")
         self.ax.set_ylabel("w₂ (parameter units)")
         self.ax.set_xlim(*self.loss.xlim)
         self.ax.set_ylim(*self.loss.ylim)
-        self.lines = {name: self.ax.plot([], [], ".-", ms=3, lw=1.2, color=_COLORS.get(name),
-                                         label=name.upper())[0] for name in self.optimizers}
+        self.lines = {name: self.ax.plot([], [], _STYLES.get(name, ("-", "."))[0],
+                                         marker=_STYLES.get(name, ("-", "."))[1], ms=3, markevery=5,
+                                         lw=1.6, color=_COLORS.get(name), label=name.upper())[0]
+                      for name in self.optimizers}
         self.start_marker = self.ax.plot([], [], "w*", ms=12, mec="k")[0]
         self.ax.legend(loc="upper right", fontsize=8)
         self.paths: dict[str, np.ndarray] = {}

@@ -143,3 +143,38 @@ def test_direction_explorer_follows_the_slider():
     np.testing.assert_allclose(ex.state["label_prob"], probs[torch.arange(4), y[:4]].numpy(), rtol=1e-6)
     assert [b.get_height() for b in ex.bars] == pytest.approx(list(ex.state["label_prob"]))
     assert "α = +0.60" in ex.axes[1].get_title()
+
+
+def test_contour_levels_log_when_positive_linear_otherwise():
+    from matplotlib.colors import LogNorm
+
+    from forgetting_sam.widgets import contour_levels
+
+    kw = contour_levels(np.array([[0.05, 0.2], [1.0, 0.5]]), n=5)
+    assert isinstance(kw["norm"], LogNorm)
+    np.testing.assert_allclose(kw["levels"], [0.05, 0.05 * 20**0.25, 0.05 * 20**0.5, 0.05 * 20**0.75, 1.0])
+    assert contour_levels(np.array([[-0.1, 0.2]]), n=7) == {"levels": 7}
+
+
+def test_log_colorbar_ticks_are_one_two_five_inside_the_range():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from forgetting_sam.widgets import contour_levels, log_colorbar
+
+    Z = np.geomspace(0.03, 0.8, 16).reshape(4, 4)
+    fig, ax = plt.subplots()
+    cs = ax.contourf(Z, **contour_levels(Z))
+    cb = log_colorbar(fig, cs, ax, "loss")
+    np.testing.assert_allclose(cb.get_ticks(), [0.05, 0.1, 0.2, 0.5])
+    plt.close(fig)
+
+
+def test_two_basins_gd_ends_sharp_sam_ends_flat_from_the_suggested_start():
+    # The lesson of notebook 01 depends on this geometry; keep it from drifting silently.
+    gd = trajectory("two_basins", "gd", lr=0.1, steps=300)[-1]
+    sam = trajectory("two_basins", "sam", rho=0.2, lr=0.1, steps=300)[-1]
+    assert np.hypot(gd[0] + 0.6, gd[1] - 0.7) < 0.15
+    assert np.hypot(sam[0] - 1.0, sam[1]) < 0.15
