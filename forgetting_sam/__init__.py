@@ -13,7 +13,10 @@ from .optim import (
     GSAM,
     OBF,
     SAM,
+    WSAM,
     AscentLoss,
+    FisherSAM,
+    FriendlySAM,
     OBFLoss,
     PerturbedOptimizer,
     ProportionalRho,
@@ -27,5 +30,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SAM", "ASAM", "GSAM", "OBF", "obf_loss", "OBFLoss", "AscentLoss", "perturbed_step", "StepResult",
-    "PerturbedOptimizer", "ProportionalRho", "bn_stats_frozen",
+    "PerturbedOptimizer", "ProportionalRho", "bn_stats_frozen", "WSAM", "FriendlySAM", "FisherSAM",
 ]

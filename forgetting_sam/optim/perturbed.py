@@ -33,6 +33,7 @@ from torch import Tensor
 
 from . import compat
 from . import perturb_schedule as schedule
+from . import rules
 from .ascent import ascent_pass
 from .functional import ASAM_FORMS, gsam_correct_, perturbed_weights
 from .objectives import OBFLoss
@@ -108,6 +109,11 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             from 0) perturbs only when ``t >= perturb_from`` and ``(t - perturb_from) %
             perturb_every == 0``; the other steps are the base optimizer's plain step on
             ``∇L(w)`` (one forward and backward). See :meth:`should_perturb`.
+        direction: ``None`` for SAM's/ASAM's ``D(h, w)``, or a direction part that builds
+            ``w + ε`` itself (:class:`~forgetting_sam.optim.rules.FriendlyDirection`,
+            :class:`~forgetting_sam.optim.rules.FisherDirection`; docs/algorithms.md §10).
+        correction: ``None``, or a correction part applied to ``g_p`` with the saved ``h``
+            after GSAM's (:class:`~forgetting_sam.optim.rules.WeightedSharpness`).
         **base_kwargs: passed to ``base_optimizer`` (``lr``, ``momentum``, ...).
 
     ``param_groups`` and ``state`` are the base optimizer's own objects, so LR schedulers,
@@ -127,6 +133,8 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         ascent_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
         perturb_every: int = 1,
         perturb_from: int = 0,
+        direction: Any = None,
+        correction: Any = None,
         **base_kwargs: Any,
     ):
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
@@ -144,6 +152,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
         self.ascent_loss = ascent_loss
+        self.direction, self.correction = rules.check_parts(direction, correction, ascent_loss)
         self.perturb_every, self.perturb_from = schedule.check(perturb_every, perturb_from)
         self._steps_taken = 0
         self._perturbed: list[tuple[Tensor, Tensor]] | None = None  # (param, original storage)
@@ -256,19 +265,23 @@ class PerturbedOptimizer(torch.optim.Optimizer):
             self._h_scale = scale  # GSAM's saved h is in true units, .grad of g_p scaled
         device = flat[0].device
         groups = self.param_groups
+        keep_h = any(g["alpha"] for g in groups) or self.correction is not None
         with _autocast_off(device):
-            weights, _ = perturbed_weights(
-                params, grads,
-                rho=[g["rho"] for g in groups], adaptive=[g["adaptive"] for g in groups],
-                eta=[g["eta"] for g in groups], form=self._form(),
-                # .grad is released below: build w + ε in its storage (no allocation), unless
-                # h must outlive this call (GSAM keeps it; so must any rule that reuses h).
-                into_grads=zero_grad and not any(g["alpha"] for g in groups),
-            )
+            if self.direction is not None:
+                weights = self.direction.perturbed_weights(self, params, grads)
+            else:
+                weights, _ = perturbed_weights(
+                    params, grads,
+                    rho=[g["rho"] for g in groups], adaptive=[g["adaptive"] for g in groups],
+                    eta=[g["eta"] for g in groups], form=self._form(),
+                    # .grad is released below: build w + ε in its storage (no allocation),
+                    # unless h must outlive this call (GSAM and the correction parts keep it).
+                    into_grads=zero_grad and not keep_h,
+                )
         if weights is None:
             self._skip = self._last_skipped = True
             return
-        if any(g["alpha"] for g in groups):
+        if keep_h:
             # GSAM needs h after the descent backward: keep the gradient tensors
             # themselves (no copy) when .grad is about to be released anyway.
             self._ascent_grads = [
@@ -321,7 +334,10 @@ class PerturbedOptimizer(torch.optim.Optimizer):
                 torch._foreach_mul_([h for hs in asc for h in hs], self._h_scale)
             if flat:
                 with _autocast_off(flat[0].device):
-                    gsam_correct_(descent, asc, [g["alpha"] for g in self.param_groups])
+                    if any(g["alpha"] for g in self.param_groups):
+                        gsam_correct_(descent, asc, [g["alpha"] for g in self.param_groups])
+                    if self.correction is not None:
+                        self.correction.correct_(self, descent, asc)
         return True
 
     def _mark_stepped(self) -> None:
