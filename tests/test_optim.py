@@ -216,16 +216,20 @@ def test_rho_zero_is_the_base_optimizer_bit_for_bit(name):
         assert torch.equal(a, b)
 
 
-def test_gsam_applies_its_correction_at_rho_zero():
-    model, (x, y) = mlp(), data("mlp")
-    fm = FlatModel(model)
-    opt = GSAM(model.parameters(), torch.optim.SGD, rho=0.0, alpha=0.5, lr=0.1)
-    spec = Spec(None, rho=0.0, alpha=0.5)
-    expected = fm.vec() - 0.1 * ref_descent_grad(fm, fm.vec(), x, y, spec)
-    two_step(model, opt, x, y)
-    assert torch.allclose(fm.vec(), expected, rtol=1e-12, atol=1e-14)
-    plain = fm.vec() + 0.1 * grad(lambda v: F.cross_entropy(fm.logits(v, x), y))(fm.vec())
-    assert not torch.allclose(fm.vec(), plain)
+def test_gsam_correction_on_and_off_against_the_reference():
+    """At ρ > 0 the correction is non-zero: α = 0.5 and α = 0 each match their reference,
+    and differ from each other (at ρ = 0, h = g_p and the correction vanishes)."""
+    x, y = data("mlp")
+    after = {}
+    for alpha in (0.5, 0.0):
+        model = mlp()
+        fm = FlatModel(model)
+        opt = GSAM(model.parameters(), torch.optim.SGD, rho=0.2, alpha=alpha, lr=0.1)
+        expected = fm.vec() - 0.1 * ref_descent_grad(fm, fm.vec(), x, y, Spec(None, rho=0.2, alpha=alpha))
+        two_step(model, opt, x, y)
+        assert torch.allclose(fm.vec(), expected, rtol=1e-12, atol=1e-14)
+        after[alpha] = fm.vec()
+    assert (after[0.5] - after[0.0]).abs().max() > 1e-6
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -333,6 +337,7 @@ def _inject_inf(model, on_call):
 @pytest.mark.parametrize("on_call", [1, 2], ids=["ascent-pass", "descent-pass"])
 @pytest.mark.parametrize("name", ["sam", "gsam", "obf"])
 def test_fp16_overflow_skips_the_step_and_restores(name, on_call):
+    """float16 autocast on CPU with a GradScaler: the forwards run in float16."""
     model, (x, y) = mlp(), data("mlp")
     model.float()
     x = x.float()
@@ -340,16 +345,22 @@ def test_fp16_overflow_skips_the_step_and_restores(name, on_call):
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     before = params_of(model)
     handle = _inject_inf(model, on_call)
-    with warnings.catch_warnings():
+    dtypes = []
+    dtype_hook = model[-1].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.float16):
         warnings.simplefilter("error")
         res = perturbed_step(model, opt, x, y, F.cross_entropy, scaler=scaler)
     handle.remove()
+    assert dtypes and set(dtypes) == {torch.float16}
     assert res.skipped
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert scaler.get_scale() == 2.0**9
     assert len(opt.state) == 0  # no momentum buffer: the base step never ran
-    res = perturbed_step(model, opt, x, y, F.cross_entropy, scaler=scaler)
+    with torch.autocast("cpu", dtype=torch.float16):
+        res = perturbed_step(model, opt, x, y, F.cross_entropy, scaler=scaler)
+    dtype_hook.remove()
     assert not res.skipped
+    assert len(opt.state) > 0  # the momentum buffers of a step that ran
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
@@ -612,3 +623,135 @@ def test_nothing_held_between_steps_and_weights_restored_on_error():
         perturbed_step(model, opt, x, y, failing_loss)
     assert not opt.is_perturbed
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# ------------------------------------------------- base optimizers beyond plain SGD
+
+
+def ref_sgd(lr, momentum, weight_decay, nesterov):
+    """torch.optim.SGD's update written out on the flat vector."""
+    state = {}
+
+    def update(w, g):
+        g = g + weight_decay * w
+        buf = g if "buf" not in state else momentum * state["buf"] + g
+        state["buf"] = buf
+        return w - lr * (g + momentum * buf if nesterov else buf)
+    return update
+
+
+def ref_adamw(lr, betas, eps, weight_decay):
+    """AdamW (decoupled weight decay, bias-corrected moments) on the flat vector."""
+    state = {"t": 0}
+
+    def update(w, g):
+        b1, b2 = betas
+        state["t"] += 1
+        t = state["t"]
+        m = (1 - b1) * g if t == 1 else b1 * state["m"] + (1 - b1) * g
+        v = (1 - b2) * g * g if t == 1 else b2 * state["v"] + (1 - b2) * g * g
+        state["m"], state["v"] = m, v
+        w = w * (1 - lr * weight_decay)
+        return w - lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
+    return update
+
+
+BASES = {
+    "sgd_nesterov_wd": (torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2),
+                        lambda: ref_sgd(0.1, 0.9, 1e-2, True)),
+    "adamw": (torch.optim.AdamW, dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=5e-2),
+              lambda: ref_adamw(1e-2, (0.9, 0.99), 1e-8, 5e-2)),
+}
+BASE_MEMBERS = {
+    "sam": (lambda p, base, **kw: SAM(p, base, rho=0.3, **kw), Spec(None, rho=0.3)),
+    "asam": (lambda p, base, **kw: ASAM(p, base, rho=0.5, eta=0.01, **kw),
+             Spec(None, rho=0.5, adaptive=True, eta=0.01)),
+    "gsam": (lambda p, base, **kw: GSAM(p, base, rho=0.2, alpha=0.4, **kw), Spec(None, rho=0.2, alpha=0.4)),
+    "obf": (lambda p, base, **kw: OBF(p, base, rho=0.3, **kw),
+            Spec(None, rho=0.3, obf=dict(gamma=1.0, lam=None, prob="sigmoid"))),
+}
+
+
+@pytest.mark.parametrize("base", list(BASES))
+@pytest.mark.parametrize("name", list(BASE_MEMBERS))
+def test_matches_reference_with_other_base_optimizers(name, base):
+    """AdamW, and SGD with Nesterov momentum and weight decay, under each member, 3 steps."""
+    cls, kwargs, make_ref = BASES[base]
+    build, spec = BASE_MEMBERS[name]
+    model, (x, y) = mlp(), data("mlp")
+    fm = FlatModel(model)
+    opt = build(model.parameters(), cls, **kwargs)
+    ref, w = make_ref(), fm.vec()
+    for step in range(3):
+        w = ref(w, ref_descent_grad(fm, w, x, y, spec))
+        perturbed_step(model, opt, x, y, F.cross_entropy)
+        assert torch.allclose(fm.vec(), w, rtol=1e-10, atol=1e-12), f"{name}/{base} differs at step {step + 1}"
+
+
+def test_asam_with_non_adaptive_groups_matches_the_reference():
+    """The README's setup: weights adaptive, biases not (T = 1 there), one global norm."""
+    model, (x, y) = mlp(), data("mlp")
+    fm = FlatModel(model)
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    opt = ASAM([{"params": weights}, {"params": biases, "adaptive": False}], torch.optim.SGD,
+               rho=0.5, eta=0.01, lr=0.1, momentum=0.9)
+    adaptive = torch.cat([torch.full((p.numel(),), n.endswith("weight")) for n, p in model.named_parameters()])
+    ce = lambda v: F.cross_entropy(fm.logits(v, x), y)  # noqa: E731
+    w, buf = fm.vec(), None
+    for step in range(3):
+        h = grad(ce)(w)
+        t = torch.where(adaptive, w.abs() + 0.01, torch.ones_like(w))
+        gp = grad(ce)(w + 0.5 * t * t * h / ((t * h).norm() + DELTA))
+        buf = gp if buf is None else 0.9 * buf + gp
+        w = w - 0.1 * buf
+        perturbed_step(model, opt, x, y, F.cross_entropy)
+        assert torch.allclose(fm.vec(), w, rtol=1e-10, atol=1e-12), f"differs at step {step + 1}"
+    # and it is neither all-adaptive nor all-plain
+    for flag in (True, False):
+        other = mlp()
+        other_opt = ASAM(other.parameters(), torch.optim.SGD, rho=0.5, eta=0.01, adaptive=flag, lr=0.1, momentum=0.9)
+        for _ in range(3):
+            perturbed_step(other, other_opt, x, y, F.cross_entropy)
+        assert not torch.allclose(FlatModel(other).vec(), w, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["sam", "gsam", "asam"])
+def test_clip_grad_norm_clips_the_descent_gradient(name):
+    """With clip c below the descent gradient's norm, the SGD step is lr · c · g_p / ‖g_p‖."""
+    spec = REGISTRY[name]
+    model, (x, y) = mlp(), data("mlp")
+    fm = FlatModel(model)
+    opt = spec.build(model.parameters(), lr=0.1)
+    w = fm.vec()
+    gp = ref_descent_grad(fm, w, x, y, spec)
+    clip = 0.25 * gp.norm().item()
+    perturbed_step(model, opt, x, y, F.cross_entropy, clip_grad_norm=clip)
+    # clip_grad_norm_ divides by ‖g‖ + 1e-6: a relative error ~1e-6 on the update itself
+    assert torch.allclose(fm.vec(), w - 0.1 * clip * gp / gp.norm(), rtol=0, atol=5e-8)
+    # a bound above the norm changes nothing
+    model2 = mlp()
+    opt2 = spec.build(model2.parameters(), lr=0.1)
+    perturbed_step(model2, opt2, x, y, F.cross_entropy, clip_grad_norm=10 * gp.norm().item())
+    assert torch.allclose(FlatModel(model2).vec(), w - 0.1 * gp, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sam", "asam", "gsam"])
+def test_channels_last_model_matches_the_contiguous_one(name):
+    """A channels_last convnet steps like the contiguous one, and stays channels_last."""
+    spec = REGISTRY[name]
+    x, y = data("conv")
+    a, b = convnet(), convnet().to(memory_format=torch.channels_last)
+    oa = spec.build(a.parameters(), lr=0.1, momentum=0.9)
+    ob = spec.build(b.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(2):
+        perturbed_step(a, oa, x, y, F.cross_entropy)
+        perturbed_step(b, ob, x.to(memory_format=torch.channels_last), y, F.cross_entropy)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=1e-10, atol=1e-12)
+    for p in b.parameters():
+        if p.dim() == 4:
+            assert p.is_contiguous(memory_format=torch.channels_last)
+            assert not p.is_contiguous()
+    for p, q in zip(a.buffers(), b.buffers()):
+        assert torch.allclose(p.double(), q.double(), rtol=1e-10, atol=1e-12)
