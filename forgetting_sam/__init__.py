@@ -17,6 +17,7 @@ from .optim import (
     AscentLoss,
     FisherSAM,
     FriendlySAM,
+    LookSAM,
     OBFLoss,
     PerturbedOptimizer,
     ProportionalRho,
@@ -31,4 +32,5 @@ __version__ = "0.1.0"
 __all__ = [
     "SAM", "ASAM", "GSAM", "OBF", "obf_loss", "OBFLoss", "AscentLoss", "perturbed_step", "StepResult",
     "PerturbedOptimizer", "ProportionalRho", "bn_stats_frozen", "WSAM", "FriendlySAM", "FisherSAM",
+    "LookSAM",
 ]

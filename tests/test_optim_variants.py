@@ -1,4 +1,4 @@
-"""WSAM, F-SAM and Fisher SAM (docs/algorithms.md §10) against flat-vector references.
+"""WSAM, F-SAM, Fisher SAM and LookSAM (docs/algorithms.md §10) against flat-vector references.
 
 Each reference is written from its paper's equations on one flat float64 parameter vector
 with ``torch.func`` (SGD with momentum on top), sharing no code with the package.
@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch.func import grad
 
 from forgetting_sam import GSAM, OBFLoss, perturbed_step
-from forgetting_sam.optim import FisherSAM, FriendlySAM, PerturbedOptimizer, WSAM
-from forgetting_sam.optim.rules import FisherDirection, FriendlyDirection, WeightedSharpness
+from forgetting_sam.optim import WSAM, FisherSAM, FriendlySAM, LookSAM, PerturbedOptimizer
+from forgetting_sam.optim.rules import FisherDirection, FriendlyDirection, LookSAMReuse, WeightedSharpness
 from test_optim import FlatModel, data, mlp, ref_obf
 from test_perturb_schedule import closure_step
 
@@ -40,6 +40,13 @@ class Ref:
         if self.kind == "wsam":  # Yue et al.: ∇[L + γ/(1−γ)(L(w+ε) − L)]
             a = self.hp["gamma"] / (1 - self.hp["gamma"])
             return a * grad(ce)(w + rho * h / (h.norm() + D)) + (1 - a) * h
+        if self.kind == "looksam":  # Liu et al. Alg. 1: SAM every k steps, g_v reused between
+            self.t = getattr(self, "t", -1) + 1
+            if self.t % self.hp["k"] == 0:
+                gs = grad(ce)(w + rho * h / (h.norm() + D))
+                self.gv = gs - (h @ gs) / (h @ h) * h
+                return gs
+            return h + self.hp["alpha"] * h.norm() / self.gv.norm() * self.gv
         if self.kind == "fsam":  # Li et al. Alg. 1: m = λm + (1−λ)g, d = g − σm
             lam, sigma = self.hp["lmbda"], self.hp["sigma"]
             self.m = (1 - lam) * h if self.m is None else lam * self.m + (1 - lam) * h
@@ -62,6 +69,8 @@ CASES = {
     "fsam_gsam_obf": (lambda p: FriendlySAM(p, torch.optim.SGD, rho=0.3, sigma=0.7, lmbda=0.6, alpha=0.5,
                                             ascent_loss=OBFLoss(), lr=LR, momentum=MOM),
                       lambda: Ref("fsam", obf=True, rho=0.3, sigma=0.7, lmbda=0.6, alpha=0.5)),
+    "looksam": (lambda p: LookSAM(p, torch.optim.SGD, rho=0.3, k=3, reuse_alpha=0.7, lr=LR, momentum=MOM),
+                lambda: Ref("looksam", rho=0.3, k=3, alpha=0.7)),
     "fisher": (lambda p: FisherSAM(p, torch.optim.SGD, rho=0.3, fisher_eta=2.0, lr=LR, momentum=MOM),
                lambda: Ref("fisher", rho=0.3, eta=2.0)),
     "fisher_obf": (lambda p: FisherSAM(p, torch.optim.SGD, rho=0.3, fisher_eta=2.0, ascent_loss=OBFLoss(),
@@ -71,6 +80,10 @@ CASES = {
 
 
 def two_step(model, opt, x, y):
+    if not opt.should_perturb():
+        F.cross_entropy(model(x), y).backward()
+        opt.base_step(zero_grad=True)
+        return
     (opt.ascent_loss or F.cross_entropy)(model(x), y).backward()
     opt.first_step(zero_grad=True)
     F.cross_entropy(model(x), y).backward()
@@ -92,7 +105,7 @@ def test_matches_flat_reference(case, api):
     fm = FlatModel(model)
     opt, r = build(model.parameters()), ref()
     w, buf = fm.vec(), None
-    for step in range(3):
+    for step in range(5):
         g = r(fm, w, x, y)
         buf = g if buf is None else MOM * buf + g
         w = w - LR * buf
@@ -112,6 +125,30 @@ def test_wsam_at_one_half_is_sam_and_refuses_obf():
         assert torch.allclose(p, q, rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="ascent_loss"):
         WSAM(mlp().parameters(), torch.optim.SGD, ascent_loss=OBFLoss(), lr=LR)
+
+
+def test_looksam_gv_is_checkpointed_and_refuses_obf():
+    x, y = data("mlp")
+    build = CASES["looksam"][0]
+    straight = mlp()
+    o = build(straight.parameters())
+    for _ in range(5):
+        perturbed_step(straight, o, x, y, F.cross_entropy)
+    first = mlp()
+    o1 = build(first.parameters())
+    for _ in range(2):  # one perturbed step (g_v saved), one reuse
+        perturbed_step(first, o1, x, y, F.cross_entropy)
+    saved = copy.deepcopy((first.state_dict(), o1.state_dict()))
+    resumed = mlp(seed=4)
+    resumed.load_state_dict(saved[0])
+    o2 = build(resumed.parameters())
+    o2.load_state_dict(saved[1])
+    for _ in range(3):
+        perturbed_step(resumed, o2, x, y, F.cross_entropy)
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="ascent_loss"):
+        LookSAM(mlp().parameters(), torch.optim.SGD, ascent_loss=OBFLoss(), lr=LR)
 
 
 def test_fisher_refuses_adaptive_groups():
@@ -152,7 +189,8 @@ def test_fsam_ema_is_checkpointed_and_untouched_by_a_nonfinite_gradient():
 
 def test_bad_parts_are_refused_by_name():
     for make, match in [(lambda: WeightedSharpness(1.0), "gamma"), (lambda: FriendlyDirection(lmbda=1.0), "lmbda"),
-                        (lambda: FriendlyDirection(sigma=-1), "sigma"), (lambda: FisherDirection(-0.1), "eta")]:
+                        (lambda: FriendlyDirection(sigma=-1), "sigma"), (lambda: FisherDirection(-0.1), "eta"),
+                        (lambda: LookSAMReuse(-1.0), "alpha")]:
         with pytest.raises(ValueError, match=match):
             make()
     with pytest.raises(TypeError, match="direction"):

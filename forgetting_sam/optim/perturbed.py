@@ -368,6 +368,17 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         return schedule.decide(self.steps_taken, self.perturb_every, self.perturb_from)
 
     @torch.no_grad()
+    def reuse_on_plain_step(self) -> None:
+        """Let the correction part edit ``.grad`` before a plain step (LookSAM's reuse, §10).
+
+        :meth:`base_step` and :func:`perturbed_step` call it; nothing happens without a
+        correction part that defines ``plain_step_(opt)``.
+        """
+        reuse = getattr(self.correction, "plain_step_", None)
+        if reuse is not None:
+            reuse(self)
+
+    @torch.no_grad()
     def base_step(self, zero_grad: bool = False, *, scaler: "torch.amp.GradScaler | None" = None) -> None:
         """A plain step of the base optimizer on the gradient now in ``.grad`` (no ε).
 
@@ -376,6 +387,7 @@ class PerturbedOptimizer(torch.optim.Optimizer):
         """
         if self._perturbed is not None:
             raise RuntimeError("base_step() while perturbed: call second_step() or restore() first")
+        self.reuse_on_plain_step()
         if compat.scaler_scale(scaler) is not None:
             scaler.step(self.base_optimizer)
             scaler.update()

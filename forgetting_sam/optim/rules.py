@@ -167,3 +167,59 @@ def check_parts(direction, correction, ascent_loss):
         raise ValueError(f"{type(correction).__name__} combines g_p with the training gradient at w, but an "
                          "ascent_loss makes h another objective's gradient: drop ascent_loss or the correction")
     return direction, correction
+
+
+class LookSAMReuse:
+    """LookSAM's reuse rule (Liu et al. CVPR 2022, arXiv 2203.02714), a correction part.
+
+    On a perturbed step it keeps the part of ``g_s = g_p`` orthogonal to ``g = h``,
+    ``g_v = g_s − (⟨g, g_s⟩ / ‖g‖²) g``, in ``state[p]["looksam_gv"]`` (checkpointed), and
+    steps on ``g_s`` unchanged. On a plain step of the §9 schedule it steps on
+    ``g + α (‖g‖ / ‖g_v‖) g_v`` instead of ``g``. Pair it with ``perturb_every=k``
+    (:class:`~forgetting_sam.optim.LookSAM` does). ``h`` must be the training gradient at
+    ``w``, so it does not compose with an ascent objective (OBF). With ``micro_batch_size``
+    the kept ``g_v`` is the last micro-batch's.
+
+    Args:
+        alpha: α ≥ 0, the weight of the reused component (0: plain steps are the base step).
+    """
+
+    needs_training_h = True
+
+    def __init__(self, alpha: float = 0.7):
+        _check_number("alpha", alpha, 0.0)
+        self.alpha = float(alpha)
+
+    def correct_(self, opt, descent, ascent) -> None:
+        """Save ``g_v`` from ``g_p`` (``descent``) and ``h`` (``ascent``); ``g_p`` is left as it is."""
+        g_s = [t for ts in descent for t in ts]
+        g = [t for ts in ascent for t in ts]
+        if not g_s:
+            return
+        dtype = _accumulation_dtype(g)
+        dot = torch.stack([torch.vdot(a.reshape(-1), b.reshape(-1)).to(dtype) for a, b in zip(g, g_s)]).sum()
+        sq = torch.stack([torch.vdot(a.reshape(-1), a.reshape(-1)).to(dtype) for a in g]).sum()
+        coef = dot / (sq + DELTA)
+        params = [p for ts in descent for p in _owners(opt, ts)]
+        for p, a, b in zip(params, g, g_s):
+            opt.state[p]["looksam_gv"] = b - coef.to(b.dtype) * a
+
+    def plain_step_(self, opt) -> None:
+        """``.grad ← g + α (‖g‖/‖g_v‖) g_v`` on the parameters that have a saved ``g_v``."""
+        pairs = [(p.grad, opt.state[p]["looksam_gv"]) for group in opt.param_groups for p in group["params"]
+                 if p.grad is not None and p in opt.state and "looksam_gv" in opt.state[p]]
+        if not pairs or not self.alpha:
+            return
+        g = [a for a, _ in pairs]
+        v = [b for _, b in pairs]
+        dtype = _accumulation_dtype(g)
+        g_norm = torch.linalg.vector_norm(torch.stack([n.to(dtype) for n in torch._foreach_norm(g)]))
+        v_norm = torch.linalg.vector_norm(torch.stack([n.to(dtype) for n in torch._foreach_norm(v)]))
+        scale = self.alpha * g_norm / (v_norm + DELTA)
+        torch._foreach_add_(g, torch._foreach_mul(v, scale.to(g[0].dtype)))
+
+
+def _owners(opt, grads):
+    """The parameters whose ``.grad`` are the tensors ``grads`` (same order)."""
+    by_id = {id(p.grad): p for group in opt.param_groups for p in group["params"] if p.grad is not None}
+    return [by_id[id(t)] for t in grads]

@@ -469,6 +469,8 @@ def perturbed_step(
             if p.grad is None and p.requires_grad:
                 p.grad = torch.zeros_like(p)
         _all_reduce_mean([p.grad for p in params if p.grad is not None], model.process_group)
+    if family and not perturb:
+        optimizer.reuse_on_plain_step()  # LookSAM's reuse of the last g_v (§10)
     if scaled:
         scaler.unscale_(base)
     # After the all-reduce every rank holds the same gradient, so all agree here too.

@@ -1,4 +1,4 @@
-"""WSAM, F-SAM and Fisher SAM: the perturb-then-descend mechanism with a part plugged in.
+"""WSAM, F-SAM, Fisher SAM and LookSAM: the perturb-then-descend mechanism with a part plugged in.
 
 Like :class:`~forgetting_sam.optim.SAM` and :class:`~forgetting_sam.optim.GSAM`, these
 classes only choose defaults: each is a :class:`~forgetting_sam.optim.PerturbedOptimizer`
@@ -8,7 +8,7 @@ with one part of :mod:`forgetting_sam.optim.rules` (docs/algorithms.md §10).
 from __future__ import annotations
 
 from .perturbed import PerturbedOptimizer
-from .rules import FisherDirection, FriendlyDirection, WeightedSharpness
+from .rules import FisherDirection, FriendlyDirection, LookSAMReuse, WeightedSharpness
 
 
 class WSAM(PerturbedOptimizer):
@@ -52,3 +52,20 @@ class FisherSAM(PerturbedOptimizer):
 
     def __init__(self, params, base_optimizer, rho: float = 0.05, *, fisher_eta: float = 1.0, **kwargs):
         super().__init__(params, base_optimizer, rho, direction=FisherDirection(fisher_eta), **kwargs)
+
+
+class LookSAM(PerturbedOptimizer):
+    """LookSAM (Liu et al. CVPR 2022, arXiv 2203.02714): SAM every ``k`` steps, ``g_v`` reused between.
+
+    :class:`~forgetting_sam.optim.rules.LookSAMReuse` with ``perturb_every=k`` (§9, §10).
+    ``reuse_alpha`` is the paper's α (named so to stay apart from GSAM's ``alpha``). Does
+    not take an ``ascent_loss``.
+
+    Example:
+        >>> opt = LookSAM(model.parameters(), torch.optim.SGD, rho=0.05, k=5, reuse_alpha=0.7, lr=0.1)
+    """
+
+    def __init__(self, params, base_optimizer, rho: float = 0.05, *, k: int = 5, reuse_alpha: float = 0.7,
+                 **kwargs):
+        super().__init__(params, base_optimizer, rho, perturb_every=k, correction=LookSAMReuse(reuse_alpha),
+                         **kwargs)
