@@ -12,7 +12,7 @@ accelerate = pytest.importorskip("accelerate")
 
 from integrations_cases import FAMILY, max_weight_diff, two_step_reference  # noqa: E402
 
-from forgetting_sam import AscentLoss, perturbed_step  # noqa: E402
+from forgetting_sam import SAM, AscentLoss, perturbed_step  # noqa: E402
 from forgetting_sam.integrations.accelerate import perturbed_backward  # noqa: E402
 
 BATCH = 4
@@ -84,6 +84,14 @@ def test_accelerate_obf_without_ascent_loss_raises():
     assert not opt.is_perturbed
 
 
+def test_accelerate_refuses_a_perturb_schedule_it_cannot_count():
+    accelerator = accelerate.Accelerator(cpu=True)
+    model = _net()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, perturb_every=2)
+    with pytest.raises(ValueError, match="perturb_every=2"):
+        perturbed_backward(accelerator, model, opt, _data(), compute_loss)
+
+
 def test_accelerate_scaler_path_equals_perturbed_step():
     """accelerate's GradScaler path; on CPU ``Accelerator(mixed_precision="fp16")`` makes no
     scaler (accelerate 1.x), so one is set by hand. An overflowing first batch skips the step
@@ -107,3 +115,16 @@ def test_accelerate_scaler_path_equals_perturbed_step():
         base.zero_grad()
     assert accelerator.scaler.get_scale() == ref_scaler.get_scale() < 2.0 ** 8
     assert max_weight_diff(model, ref) < 1e-6
+
+
+def test_importing_the_package_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, forgetting_sam, forgetting_sam.engine, forgetting_sam.cli, "
+            "forgetting_sam.integrations; "
+            "print(sorted(m for m in ('lightning', 'transformers', 'accelerate', 'timm') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -37,14 +37,6 @@ from ..optim.step import _unpack
 __all__ = ["perturbed_backward"]
 
 
-def _ascent_skipped(optimizer: PerturbedOptimizer) -> bool:
-    # first_step found a non-finite ascent gradient: w was left unperturbed. ``skipped`` is
-    # the public flag; an optim floor without it keeps the same fact in ``_skip``.
-    if isinstance(getattr(type(optimizer), "skipped", None), property):
-        return bool(optimizer.skipped)
-    return bool(optimizer._skip)
-
-
 def perturbed_backward(
     accelerator: Any,
     model: nn.Module,
@@ -82,6 +74,13 @@ def perturbed_backward(
         loss, _ = _unpack(compute_loss(model, batch))
         accelerator.backward(loss * loss_scale)
         return loss.detach()
+    if optimizer.perturb_every != 1 or optimizer.perturb_from != 0:
+        raise ValueError(
+            f"perturbed_backward with perturb_every={optimizer.perturb_every}, perturb_from="
+            f"{optimizer.perturb_from}: those schedules count the wrapper's steps, and here the "
+            "framework steps the base optimizer, so they would never advance. Use the default "
+            "schedule (perturb_every=1, perturb_from=0), or forgetting_sam.perturbed_step"
+        )
     scaler = getattr(accelerator, "scaler", None)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     # Earlier micro-batches' descent gradients must not enter this micro-batch's ascent.
@@ -93,7 +92,7 @@ def perturbed_backward(
             loss, _ = _unpack(compute_loss(model, batch))
         accelerator.backward(loss * loss_scale)
         optimizer.first_step(zero_grad=True, scaler=scaler)
-        if _ascent_skipped(optimizer):
+        if optimizer.skipped:  # non-finite ascent gradient: w was left unperturbed
             optimizer.restore()
             if scaler is None:
                 optimizer.zero_grad(set_to_none=True)
