@@ -2,7 +2,8 @@
 
 Trains the same MLP on the 8×8 digits (1297 train / 500 test, 20% of the training labels
 flipped so that flatness matters) with plain SGD, SAM on every step, SAM every k-th step
-and SAM only over the last 25% of the steps. Runs are interleaved seed by seed so that load
+SAM only over the last 25% of the steps, and LookSAM (SAM every 4th step, the orthogonal
+part of the last SAM gradient reused in between). Runs are interleaved seed by seed so that load
 on the machine hits every schedule alike; wall times are printed as ratios to SGD and SAM
 measured in the same process.
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from forgetting_sam.optim import SAM, perturbed_step
+from forgetting_sam.optim import SAM, LookSAM, perturbed_step
 
 
 def digits(noise: float = 0.2):
@@ -37,7 +38,7 @@ def digits(noise: float = 0.2):
     return x[tr], ytr, x[te], y[te]
 
 
-def run(schedule: dict | None, seed: int, data, epochs: int, batch: int, rho: float):
+def run(schedule: tuple | None, seed: int, data, epochs: int, batch: int, rho: float):
     xtr, ytr, xte, yte = data
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
@@ -45,7 +46,8 @@ def run(schedule: dict | None, seed: int, data, epochs: int, batch: int, rho: fl
     if schedule is None:
         opt = torch.optim.SGD(model.parameters(), **kw)
     else:
-        opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, **schedule, **kw)
+        cls, extra = schedule
+        opt = cls(model.parameters(), torch.optim.SGD, rho=rho, **extra, **kw)
     g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     for _ in range(epochs):
@@ -69,10 +71,11 @@ def main() -> None:
     steps = args.epochs * -(-len(data[1]) // args.batch)
     schedules = {
         "SGD": None,
-        "SAM": dict(),
-        "SAM every 2": dict(perturb_every=2),
-        "SAM every 4": dict(perturb_every=4),
-        "SAM last 25%": dict(perturb_from=int(0.75 * steps)),
+        "SAM": (SAM, {}),
+        "SAM every 2": (SAM, dict(perturb_every=2)),
+        "SAM every 4": (SAM, dict(perturb_every=4)),
+        "SAM last 25%": (SAM, dict(perturb_from=int(0.75 * steps))),
+        "LookSAM k=4": (LookSAM, dict(k=4, reuse_alpha=0.7)),
     }
     walls = {k: [] for k in schedules}
     accs = {k: [] for k in schedules}
