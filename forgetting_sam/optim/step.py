@@ -39,8 +39,10 @@ class StepResult:
             step the optimizer's ``perturb_every``/``perturb_from`` schedule does not perturb).
         perturbed_logits: (N, ...) outputs at ``w + ε``, each micro-batch at its own ``ε``
             (None for a plain optimizer). The forgetting measures read these for free.
-        skipped: True if a non-finite gradient (e.g. an fp16 overflow) skipped the step;
-            the weights are then exactly as before. A skip found in the ascent pass stops
+        skipped: True if a non-finite gradient (e.g. an fp16 overflow) skipped the step,
+            in the ascent or the descent pass, on any DDP rank; the weights are then exactly
+            as before. On an ``update=False`` call: this call's ascent pass was non-finite
+            (the whole accumulated step is then skipped at the update). A skip found in the ascent pass stops
             at that micro-batch, so ``logits`` then cover the micro-batches up to and
             including it, and ``perturbed_*`` those before it.
         updated: False when ``update=False`` only accumulated the descent gradient.
@@ -338,6 +340,8 @@ def perturbed_step(
             its own and steps with the size-weighted mean over all the examples since the
             last update. The result equals one call on the concatenated batch with chunks
             at the call boundaries. Under DDP the all-reduce happens once, at the update.
+            A ``zero_grad()`` (of the optimizer or the model) between the calls, or any other
+            change to ``.grad``, drops what was accumulated: the update uses its own batch.
 
     Returns:
         :class:`StepResult` with ``.loss``, ``.logits`` (at ``w``), ``.perturbed_loss``,
@@ -346,6 +350,13 @@ def perturbed_step(
     DDP: pass the DDP-wrapped model. Every forward and backward runs under ``no_sync``, so
     each replica perturbs with its own gradients; the final gradient is all-reduced once.
     ``R`` replicas with local batch ``b`` equal one process with batch ``R·b`` and ``m = b``.
+    At each update the ranks agree on skipping (one all-reduce of a flag: an overflow in
+    one rank's ascent pass skips the step everywhere) and, with ``broadcast_buffers=True``
+    (DDP's default), rank 0's buffers (BatchNorm running statistics) are broadcast, as DDP
+    does before each synced forward; between steps every rank holds the same state.
+
+    Without a scaler a skipped step warns (``RuntimeWarning``); with one it is silent, as
+    any fp16 step. The overflow is read off the unscaled gradient, not off the scale.
 
     Example:
         >>> opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
