@@ -407,6 +407,8 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
         start_epoch, start_batch, global_step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
         elapsed_before, best_test = ckpt.get("elapsed_s", 0.0), ckpt.get("best_test_acc")
         saved_meters = ckpt.get("meters")
+        if isinstance(saved_meters, list):  # one per replica: each holds its own shard's partial sums
+            saved_meters = saved_meters[env.rank]
         set_rng_state(ckpt["rng"][env.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
         with _writing(out_dir):
             logger.restore(upto_epoch=start_epoch)
@@ -428,6 +430,10 @@ def _train(cfg, env, data, callback, step_callback, stop) -> TrainResult:
             gathered = [None] * env.world_size
             torch.distributed.all_gather_object(gathered, rng)
             rng = gathered
+            if meters is not None:  # mid-epoch sums differ per replica; rank 0's alone would be wrong
+                gathered = [None] * env.world_size
+                torch.distributed.all_gather_object(gathered, meters)
+                meters = gathered
         if out_dir is None or not env.is_main:
             return None
         state = {
