@@ -126,3 +126,14 @@ def test_module_entry_point_and_gpu_check_smoke(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     for needle in ("resnet18", "vit_s32", "sgd", "sam", "obf", "bf16", "fp16", "SAM/SGD", "no NaN"):
         assert needle in proc.stdout, needle
+
+
+def test_default_dataset_needs_no_extra():
+    # digits (scikit-learn's) is the default data set: a plain install must be able to train on it.
+    import tomllib
+
+    from forgetting_sam.engine.config import TrainConfig
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert TrainConfig.__dataclass_fields__["dataset"].default == "digits"
+    assert any(d.replace(" ", "").startswith("scikit-learn") for d in project["dependencies"])

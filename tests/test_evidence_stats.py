@@ -66,8 +66,14 @@ def test_paired_t_matches_hand_computation():
     half = 2.7764451052 * sd / math.sqrt(n)
     assert r.ci == pytest.approx((dbar - half, dbar + half), rel=1e-6)
     assert (r.wins, r.losses) == (4, 1)
-    # Wilcoxon exact: ranks of |d| = 1.5(0.01), 3(0.02), 1.5(0.01), 4.5, 4.5; W− = 1.5 → p ≥ 0.0625
-    assert 0.0625 <= r.p_wilcoxon <= 1
+    # Wilcoxon exact, by enumerating the 2^5 equally likely sign patterns of the ranks of |d|
+    # (as floats the five |d| are distinct, so the ranks are 1..5 and the exact null applies).
+    order = sorted(range(n), key=lambda i: abs(d[i]))
+    rank = {i: k + 1 for k, i in enumerate(order)}
+    w_minus = sum(rank[i] for i in range(n) if d[i] < 0)
+    sums = [sum(rank[i] for i in range(n) if mask >> i & 1) for mask in range(2 ** n)]
+    low = sum(s <= w_minus for s in sums) / 2 ** n
+    assert r.p_wilcoxon == pytest.approx(min(1.0, 2 * low), rel=1e-12)
 
 
 def test_paired_test_wilcoxon_exact_small_case():

@@ -5,8 +5,6 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("forgetting_sam.engine")
-
 from forgetting_sam.cli import main
 from forgetting_sam.engine import load_run, make_config, train
 from forgetting_sam.landscape import Plane, hessian_eigenvalues
