@@ -158,3 +158,31 @@ def test_preset_inheritance_errors(tmp_path):
     (tmp_path / "e.yaml").write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_yaml_config(tmp_path / "e.yaml")
+
+
+@pytest.mark.parametrize("name", ["imagenet_resnet50_sam", "imagenet_resnet101_gsam", "cifar10_ft_resnet50_sam_from_plain",
+                                  "cifar10_ft_vit_s32_obf_from_plain"])
+def test_preset_family_runs_as_configured(name, tmp_path):
+    # The real architecture, the preset's bf16 autocast, channels_last, m-sharpness and (for the
+    # fine-tuning rows) init_from a checkpoint with another head, at 32x32 images and two steps.
+    from forgetting_sam.engine import build_model, save_checkpoint
+
+    cfg = make_config(CONFIGS / f"{name}.yaml")
+    assert cfg.amp == "bf16" and cfg.micro_batch_size
+    overrides = dict(epochs=1, batch_size=8, micro_batch_size=4, warmup_epochs=0, out_dir=None, quiet=True,
+                     num_workers=0, eval_batch_size=8, subset=None, eval_sets={}, device="cpu")
+    if cfg.init_from:
+        pre = build_model(cfg.model, num_classes=7, input_shape=(3, 32, 32), **cfg.model_options)
+        path = save_checkpoint({"model": pre.state_dict(), "optimizer": {}, "epoch": 1, "step": 1,
+                                "batch_in_epoch": 0, "rng": {}, "config": {}}, tmp_path / "pre.pt")
+        overrides["init_from"] = str(path)
+    tiny = make_config(CONFIGS / f"{name}.yaml", overrides)
+    steps = []
+    result = train(tiny, data=fake_bundle(shape=(3, 32, 32), n=16), step_callback=lambda info: steps.append(info["result"]))
+    assert len(steps) == 2 and not any(s.skipped for s in steps) and steps[0].perturbed_loss is not None
+    assert all(math.isfinite(s.loss.item()) for s in steps) and steps[0].logits.dtype == torch.bfloat16
+    assert result.summary["status"] == "finished"
+    if cfg.init_from:  # the body came from the checkpoint (moved by two steps), the head did not
+        body = next(k for k, v in pre.state_dict().items() if v.dtype.is_floating_point and v.dim() > 1)
+        moved = (result.model.state_dict()[body].float() - pre.state_dict()[body]).abs().max()
+        assert moved < 0.5 * pre.state_dict()[body].abs().max()
