@@ -54,11 +54,11 @@ def main(argv=None) -> int:
                                           seed=s, track_forgetting=True, **extra))
             for o in OPTIMIZERS for m in ms for s in seeds]
     records = run_all(plan, runs_dir, "study 2: m")
-    from forgetting_sam.forgetting import load_run
+    from forgetting_sam.forgetting import run_numbers
 
     rows = []
     for r, (name, o) in zip(records, plan):
-        run = load_run(r["run_dir"])  # per-epoch measures, mean over training
+        run = run_numbers(r["run_dir"])  # per-epoch measures, mean over training
         rows.append({"optimizer": o["wrapper"], "m": o["micro_batch_size"], "seed": o["seed"], "rho": o["rho"],
                          "test_acc": r["final_test_acc"], "val_acc": r["final_val_acc"],
                          "train_acc": r["final_train_acc"], "forgot_frac": run.get("forgot_frac"),

@@ -103,11 +103,11 @@ def main(argv=None) -> int:
     n_runs, epochs = (N_RUNS, {}) if not args.smoke else (3, {"epochs": 1, "warmup_epochs": 0, "subset": 300})
     plan = make_plan(n_runs, epochs)
     records = run_all(plan, runs_dir, "study 3: sweep", after=end_measures)
-    from forgetting_sam.forgetting import load_run
+    from forgetting_sam.forgetting import run_numbers
 
     rows = []
     for r, (name, o) in zip(records, plan):
-        run = load_run(r["run_dir"])  # per-epoch measures averaged over training; forgetting.* summary
+        run = run_numbers(r["run_dir"])  # per-epoch measures averaged over training; forgetting.* summary
         row = {"run": name, "optimizer": o["wrapper"], "label_noise": o["label_noise"], "rho": o["rho"],
                    "m": o["micro_batch_size"], "lr": o["lr"], "seed": o["seed"], "test_acc": r["final_test_acc"],
                    "train_acc_end": r["train_acc_end"], "gap": r["train_acc_end"] - r["final_test_acc"],

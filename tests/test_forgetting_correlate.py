@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from forgetting_sam.forgetting import correlate, correlate_all, load_run
+from forgetting_sam.forgetting import correlate, correlate_all, run_numbers
 
 
 def runs_from(xs, ys, key="forgot_frac"):
@@ -111,14 +111,14 @@ def test_run_directories(tmp_path):
                       "forgetting": {"unforgettable_frac": i / 10, "num_examples": 50, "updates": 9}},
                   [{"epoch": e, "forgot_frac": f, "test_acc": 0.5 + e / 10, "lr": 0.1} for e, f in enumerate(ff)])
         dirs.append(d)
-    run = load_run(dirs[0])
+    run = run_numbers(dirs[0])
     assert run["name"] == "run0"
     assert run["forgot_frac"] == pytest.approx(0.2) and run["forgot_frac.last"] == 0.3
     assert run["test_acc"] == 0.9  # the summary's final_test_acc wins over the records
     assert run["train_acc"] == 1.0
     assert run["test_acc.mean"] == pytest.approx(0.55)
     assert run["forgetting.unforgettable_frac"] == 0.0
-    assert load_run(dirs[0], reduce="last")["forgot_frac"] == 0.3
+    assert run_numbers(dirs[0], reduce="last")["forgot_frac"] == 0.3
     r = correlate([str(d) for d in dirs], "forgot_frac", "test_acc")
     assert r.tau == pytest.approx(stats.kendalltau([0.2, 0.05, 0.4, 0.05], [0.9, 0.8, 0.95, 0.7]).statistic)
     results = correlate_all(dirs, target="test_acc")
@@ -129,7 +129,7 @@ def test_run_directories(tmp_path):
     assert np.allclose(gap.y, [0.1, 0.2, 0.05, 0.3])
     # without a summary, the last record's accuracy is the target, not the mean over epochs
     (dirs[0] / "summary.json").unlink()
-    assert load_run(dirs[0])["test_acc"] == pytest.approx(0.6)
+    assert run_numbers(dirs[0])["test_acc"] == pytest.approx(0.6)
 
 
 def test_bad_input(tmp_path):
@@ -146,4 +146,4 @@ def test_bad_input(tmp_path):
         correlate([tmp_path, tmp_path, tmp_path], "forgot_frac")
     (tmp_path / "metrics.jsonl").write_text("{not json\n")
     with pytest.raises(ValueError, match="metrics.jsonl:1 is not valid JSON"):
-        load_run(tmp_path)
+        run_numbers(tmp_path)

@@ -84,22 +84,25 @@ def _plot(results, path: Path) -> None:
 
 
 def cmd_correlate(args: argparse.Namespace) -> int:
-    from ..forgetting import correlate, correlate_all, load_run
+    from ..forgetting import correlate, correlate_all, run_numbers
     from . import UserError
 
     if len(args.runs) < 3:
         raise UserError(f"correlate needs at least 3 run directories, got {len(args.runs)}")
     try:
-        runs = [load_run(d, reduce=args.reduce) for d in args.runs]
+        runs = [run_numbers(d, reduce=args.reduce) for d in args.runs]
     except (FileNotFoundError, ValueError) as e:  # a mistyped or corrupt run directory
         raise UserError(str(e)) from None
     kwargs = {"method": args.method, "bootstrap": args.bootstrap, "seed": args.seed}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if args.measure:
-            results = [correlate(runs, m, args.target, **kwargs) for m in args.measure]
-        else:
-            results = correlate_all(runs, None, args.target, **kwargs)
+        try:  # the options are checked by argparse; what is left is about the runs given
+            if args.measure:
+                results = [correlate(runs, m, args.target, **kwargs) for m in args.measure]
+            else:
+                results = correlate_all(runs, None, args.target, **kwargs)
+        except ValueError as e:  # too few runs carry the measure, an unknown key
+            raise UserError(str(e)) from None
     notes = list(dict.fromkeys(str(w.message) for w in caught))
     if not results:
         raise UserError(f"no measure is shared by 3 or more runs with a {args.target!r}; "

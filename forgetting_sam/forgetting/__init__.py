@@ -19,7 +19,7 @@ from .bias import (
     per_class_bias,
     prediction_entropy,
 )
-from .correlate import CorrelationResult, correlate, correlate_all, load_run
+from .correlate import CorrelationResult, correlate, correlate_all, run_numbers
 from .events import ForgettingTracker
 from .measures import (
     MEASURE_KEYS,
@@ -46,12 +46,12 @@ __all__ = [
     "bias_from_uniform",
     "correlate",
     "correlate_all",
-    "load_run",
     "mean_prediction",
     "measure_perturbed_forgetting",
     "per_class_bias",
     "perturbed_forgetting",
     "plot_correlation",
+    "run_numbers",
     "plot_example_gallery",
     "plot_forgetting_curve",
     "plot_forgetting_histogram",

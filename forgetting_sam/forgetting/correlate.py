@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TARGETS", "CorrelationResult", "correlate", "correlate_all", "load_run"]
+__all__ = ["TARGETS", "CorrelationResult", "correlate", "correlate_all", "run_numbers"]
 
 #: Target names with a built-in meaning; any other key of the runs works too.
 TARGETS = ("test_acc", "gap")
@@ -83,8 +83,9 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def load_run(run_dir: str | os.PathLike, *, reduce: str = "mean") -> dict[str, Any]:
-    """The per-run numbers of one run directory, as a flat dict.
+def run_numbers(run_dir: str | os.PathLike, *, reduce: str = "mean") -> dict[str, Any]:
+    """The per-run numbers of one run directory, as a flat dict (files only: the model is
+    opened by ``forgetting_sam.engine.load_run``, the one ``load_run`` of the package).
 
     Reads ``summary.json`` (nested dicts flattened to dotted keys) and ``metrics.jsonl`` (one
     JSON record per line). Every numeric key of the summary is kept as is; a numeric key that
@@ -148,7 +149,7 @@ def _as_runs(runs) -> list[dict[str, Any]]:
     out = []
     for i, r in enumerate(runs):
         if isinstance(r, (str, os.PathLike)):
-            out.append(load_run(r))
+            out.append(run_numbers(r))
         elif isinstance(r, Mapping):
             d = _flatten(r)
             d.setdefault("name", f"run{i}")
@@ -201,7 +202,7 @@ def correlate(
     """Rank correlation between a per-run measure and generalization, across runs.
 
     Args:
-        runs: run directories (read with :func:`load_run`) or dicts of per-run numbers
+        runs: run directories (read with :func:`run_numbers`) or dicts of per-run numbers
             (nested dicts are flattened to dotted keys; an optional ``name`` key names the run).
         measure: the key of the per-run measure, e.g. ``"forgot_frac"``,
             ``"forgetting.mean_forgetting_count"``, ``"sharpness.top_eigenvalue"``.
