@@ -113,6 +113,11 @@ def cmd_landscape(args: argparse.Namespace) -> int:
     from .. import landscape as L
     from . import UserError
 
+    # Checked here, where the input enters: the landscape floor's own ValueErrors are for callers.
+    if args.steps < 2:
+        raise UserError(f"--steps must be at least 2 to draw a line, got {args.steps}")
+    if not all(math.isfinite(v) for v in args.span) or args.span[0] >= args.span[1]:
+        raise UserError(f"--span needs two finite numbers LOW < HIGH, got {' '.join(map(str, args.span))}")
     run, data, n = _load(args)
     model = run.model
     norm = None if args.norm == "none" else args.norm
@@ -166,9 +171,15 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     from .. import landscape as L
     from . import UserError
 
-    run, data, n = _load(args)
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if not (math.isfinite(args.tol) and args.tol > 0):
+        raise UserError(f"--tol must be a finite number > 0, got {args.tol}")
+    for name in ("max_iter", "trace_samples", "density_steps", "density_vectors"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    run, data, n = _load(args)
     progress = not args.no_progress
     eig = L.hessian_eigenvalues(run.model, data, run.loss_fn, k=args.top_k, tol=args.tol, max_iter=args.max_iter,
                                 mode=args.mode, seed=args.seed, progress=progress)
