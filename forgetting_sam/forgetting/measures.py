@@ -1,6 +1,6 @@
 """Perturbed forgetting: what the model forgets when SAM moves it from ``w`` to ``w + ε``.
 
-ALGORITHMS.md §8 (our definitions, after Vani et al.'s idea that the perturbation makes the
+docs/algorithms.md §8 (our definitions, after Vani et al.'s idea that the perturbation makes the
 model forget). Two ways to get the numbers:
 
 - **zero overhead**, during training: ``perturbed_step`` already runs the forward pass at

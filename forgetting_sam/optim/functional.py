@@ -1,7 +1,7 @@
 """The math of the perturb-then-descend step, as small functions over tensor lists.
 
 Each function treats a list of tensors (one per parameter) as one long vector, as
-ALGORITHMS.md does, without ever building the concatenation. They are the parts that
+docs/algorithms.md does, without ever building the concatenation. They are the parts that
 :class:`~forgetting_sam.optim.PerturbedOptimizer` plugs together:
 
 * :func:`perturbed_weights` — ``w + ε``, ``ε = ρ · D(h, w)`` (SAM and ASAM, §2–§3),
