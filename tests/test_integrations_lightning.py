@@ -102,10 +102,68 @@ def test_lightning_obf_without_ascent_loss_raises():
         _trainer(max_steps=1).fit(module, _loader(x, y))
 
 
-def test_lightning_accumulation_is_refused_with_the_fix():
+def _accumulated_reference(name, windows):
+    """perturbed_step with update=False on a window's earlier batches, update=True on its last."""
+    module = Net(name)
+    opt = FAMILY[name](module.net.parameters())
+    for window in windows:
+        for j, (xb, yb) in enumerate(window):
+            perturbed_step(module.net, opt, (xb, yb), compute_loss=lambda m, b: module.criterion(m(b[0]), b[1]),
+                           update=j == len(window) - 1)
+    return module.net
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_lightning_accumulation_equals_perturbed_step_update_false(name):
+    module = Net(name)
     x, y = _data()
-    with pytest.raises(ValueError, match="accumulate_grad_batches=2.*perturbed_step"):
-        _trainer(max_steps=1, accumulate_grad_batches=2).fit(Net("sam"), _loader(x, y))
+    _trainer(max_epochs=1, accumulate_grad_batches=2).fit(module, _loader(x, y))
+    batches = _batches(x, y)
+    ref = _accumulated_reference(name, [batches[i:i + 2] for i in range(0, len(batches), 2)])
+    assert max_weight_diff(module.net, Net(name).net) > 1e-3
+    assert max_weight_diff(module.net, ref) < 1e-9
+
+
+def test_lightning_sgd_accumulation_unchanged_by_the_plugin():
+    a, b = Net("sgd"), Net("sgd")
+    x, y = _data()
+    _trainer(max_epochs=1, accumulate_grad_batches=2).fit(a, _loader(x, y))
+    L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, max_epochs=1,
+              accumulate_grad_batches=2).fit(b, _loader(x, y))
+    assert max_weight_diff(a.net, Net("sgd").net) > 1e-3
+    assert max_weight_diff(a.net, b.net) == 0.0
+
+
+@pytest.mark.parametrize("name", ["sam", "gsam", "obf"])
+def test_lightning_16_mixed_accumulation_equals_perturbed_step(name):
+    x, y = _data(dtype=torch.float32)
+    module = Net(name, dtype=torch.float32)
+    trainer = _trainer("16-mixed", max_epochs=1, accumulate_grad_batches=2)
+    trainer.fit(module, _loader(x, y))
+    assert trainer.global_step == 2
+    ref = Net(name, dtype=torch.float32)
+    opt, scaler = FAMILY[name](ref.parameters()), torch.amp.GradScaler("cpu")
+    for j, (xb, yb) in enumerate(_batches(x, y)):
+        with torch.autocast("cpu", dtype=torch.float16):
+            perturbed_step(ref.net, opt, (xb, yb), compute_loss=lambda m, b: ref.criterion(m(b[0]), b[1]),
+                           scaler=scaler, update=j % 2 == 1)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert max_weight_diff(module.net, Net(name, dtype=torch.float32).net) > 1e-4
+    # Lightning's 1/k and our k cancel up to float32 rounding.
+    assert max_weight_diff(module.net, ref.net) < 1e-6
+    assert trainer.precision_plugin.scaler.get_scale() == scaler.get_scale()
+
+
+def test_lightning_16_mixed_accumulation_overflow_skips_the_window():
+    x, y = _data(dtype=torch.float32)
+    x[BATCH:2 * BATCH] = 1e30  # the window's second batch overflows fp16
+    module = Net("sam", dtype=torch.float32)
+    start = copy.deepcopy(module.net)
+    trainer = _trainer("16-mixed", max_steps=1, accumulate_grad_batches=2)
+    trainer.fit(module, _loader(x, y))
+    assert max_weight_diff(module.net, start) == 0.0
+    assert trainer.precision_plugin.scaler.get_scale() < 2.0 ** 16
 
 
 def _mixed_reference(name, precision, x, y):

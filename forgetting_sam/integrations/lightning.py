@@ -16,10 +16,13 @@ GSAM-OBF, ASAM-OBF) the closure's first call then backpropagates the ascent obje
 Per step, ``on_before_optimizer_step`` and gradient clipping run once, after the second
 closure call: they see the descent gradient at ``w + ε`` (unscaled), before GSAM's correction.
 
-Lightning's ``accumulate_grad_batches`` is refused for a family member: Lightning runs the
-earlier batches of the window outside the optimizer, so they could not be perturbed; use a
-larger batch, or :func:`forgetting_sam.perturbed_step` with ``update=False`` in manual
-optimization.
+``accumulate_grad_batches=k`` works as :func:`forgetting_sam.perturbed_step` with
+``update=False`` on the window's first ``k - 1`` batches and ``update=True`` on the last
+(m-sharpness, docs/algorithms.md §6): each batch gets its own ascent at ``w``, its own ``ε``
+and its own descent gradient at ``w + ε``; the base optimizer steps once with their
+size-weighted mean. Lightning's own forward of each batch updates BatchNorm once; the
+re-run passes never do. With ``16-mixed`` an overflow in any batch skips the whole window.
+Hooks and clipping run once per window, on the mean. Accumulation under DDP is untested.
 """
 
 from __future__ import annotations
@@ -30,22 +33,21 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
-from ..optim import PerturbedOptimizer
+from ..optim import PerturbedOptimizer, ascent_pass, bn_stats_frozen
+from ..optim.perturbed import grads_finite, warn_skipped
+from ..optim.step import _batch_len
+from ..optim import compat
 
 __all__ = ["PerturbedPrecision", "PerturbedMixedPrecision", "perturbed_precision"]
 
 
-def _family_step(plugin: Precision, optimizer: PerturbedOptimizer, model: Any,
+def _family_step(plugin: "_FamilyPlugin", optimizer: PerturbedOptimizer, model: Any,
                  closure: Callable[[], Any], scaler: "torch.amp.GradScaler | None",
                  **kwargs: Any) -> Any:
     trainer = model.trainer
     if trainer.accumulate_grad_batches != 1:
-        raise ValueError(
-            f"accumulate_grad_batches={trainer.accumulate_grad_batches} with "
-            f"{type(optimizer).__name__}: Lightning runs the window's earlier batches outside the "
-            "optimizer, so they cannot be perturbed. Use accumulate_grad_batches=1 with a larger "
-            "batch, or forgetting_sam.perturbed_step(..., update=False) in manual optimization"
-        )
+        closure()  # the window's last batch: its backward accumulates like the others
+        return _finish_window(plugin, optimizer, model, scaler)
     # Lightning zeroes the gradients inside its closure; the previous step's are still here
     # and would read as a backward before step(closure) (the popular SAM's style).
     optimizer.zero_grad(set_to_none=True)
@@ -61,12 +63,157 @@ def _family_step(plugin: Precision, optimizer: PerturbedOptimizer, model: Any,
             plugin._after_closure(model, optimizer)
         return result
 
-    return optimizer.step(closure_then_hooks, scaler=scaler, **kwargs)
+    plugin._inside = True
+    try:
+        return optimizer.step(closure_then_hooks, scaler=scaler, **kwargs)
+    finally:
+        plugin._inside = False
 
 
-class PerturbedPrecision(Precision):
+def _loss_of(output: Any) -> torch.Tensor:
+    return output["loss"] if isinstance(output, dict) else output
+
+
+def _accumulate_batch(plugin: "_FamilyPlugin", optimizer: PerturbedOptimizer, model: Any,
+                      tensor: torch.Tensor, scaler: "torch.amp.GradScaler | None") -> None:
+    """One batch of an accumulation window: ``perturbed_step(..., update=False)``'s passes.
+
+    ``tensor`` is Lightning's (scaled) loss at ``w``; its forward already updated BatchNorm.
+    Adds ``|B| · g`` (true units, GSAM-corrected) to the plugin's sum and leaves ``.grad`` None.
+    """
+    if plugin._call is None:
+        raise RuntimeError("accumulate_grad_batches with a family member: the plugin saw no "
+                           "training_step call to re-run; use it through Trainer(plugins=[...])")
+    args, kwargs = plugin._call
+    strategy = model.trainer.strategy
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    try:
+        size = _batch_len(args[0])
+    except TypeError:
+        size = 1  # a batch of unknown layout counts as one, like equal-sized batches
+
+    def rerun() -> torch.Tensor:
+        loss = _loss_of(strategy.training_step(*args, **kwargs))
+        return scaler.scale(loss) if scaler is not None else loss
+
+    skipped = False
+    for p in params:
+        p.grad = None
+    if optimizer.should_perturb():
+        if optimizer.ascent_loss is None:
+            # The training loss is the ascent objective. Lightning divided it by the window's
+            # length; h must be the batch's own gradient (GSAM's correction uses its size).
+            # (Lightning's pre_backward has already scaled it under 16-mixed.)
+            (tensor * model.trainer.accumulate_grad_batches).backward()
+        else:
+            with bn_stats_frozen(model), ascent_pass(optimizer):  # OBF's objective via AscentLoss
+                rerun().backward()
+        optimizer.first_step(zero_grad=True, scaler=scaler)
+        if optimizer._skip:
+            optimizer.restore()
+            optimizer._skip = False
+            skipped = True
+        else:
+            try:
+                with bn_stats_frozen(model):
+                    rerun().backward()
+            except BaseException:
+                optimizer.restore()
+                raise
+            if scaler is not None:
+                torch._foreach_mul_([p.grad for p in params if p.grad is not None], 1.0 / scaler.get_scale())
+                optimizer._h_scale = None  # g_p now in true units, like the saved h
+            optimizer.unperturb()
+    else:
+        (tensor * model.trainer.accumulate_grad_batches).backward()  # Lightning's 1/k undone
+        if scaler is not None:
+            torch._foreach_mul_([p.grad for p in params if p.grad is not None], 1.0 / scaler.get_scale())
+    grads = [p for p in params if p.grad is not None]
+    skipped = skipped or not grads_finite([p.grad for p in grads])
+    with torch.no_grad():
+        for p in grads:
+            if p in plugin._acc:
+                plugin._acc[p].add_(p.grad, alpha=size)
+            else:
+                plugin._acc[p] = p.grad.mul_(size)
+            p.grad = None
+    plugin._examples += size
+    plugin._skipped = plugin._skipped or skipped
+
+
+@torch.no_grad()
+def _finish_window(plugin: "_FamilyPlugin", optimizer: PerturbedOptimizer, model: Any,
+                   scaler: "torch.amp.GradScaler | None") -> None:
+    acc, total, skipped = plugin._acc, plugin._examples, plugin._skipped
+    plugin._acc, plugin._examples, plugin._skipped = {}, 0, False
+    base = optimizer.base_optimizer
+    scaled = compat.scaler_scale(scaler) is not None
+    optimizer.zero_grad(set_to_none=True)
+    if skipped or not total:
+        if scaled:
+            compat.report_overflow(scaler, base)
+        else:
+            warn_skipped("ascent", stacklevel=3)
+        optimizer._last_skipped = True
+        optimizer._mark_stepped()
+        return
+    for p, g in acc.items():
+        p.grad = g.div_(total)
+        if scaled:
+            p.grad.mul_(scaler.get_scale())  # a power of two: exact, undone by unscale_ below
+    if scaled and model.trainer.gradient_clip_val:
+        scaler.unscale_(base)  # clip true gradients
+    plugin._after_closure(model, optimizer)
+    if scaled:
+        compat.unscale_descent_(scaler, optimizer, base)
+        optimizer._last_skipped = not grads_finite([g for g in (p.grad for p in acc) if g is not None])
+        scaler.step(base)
+        scaler.update()
+    elif not grads_finite([p.grad for p in acc if p.grad is not None]):
+        optimizer._last_skipped = True
+        warn_skipped("descent", stacklevel=3)
+    else:
+        optimizer._last_skipped = False
+        base.step()
+    optimizer._mark_stepped()
+
+
+class _FamilyPlugin:
+    """What both plugins share: the accumulation window and the training_step recorder."""
+
+    _scaler: "torch.amp.GradScaler | None" = None
+
+    def _family_init(self) -> None:
+        self._acc: dict[torch.Tensor, torch.Tensor] = {}  # Σ |B_j| g_j over the window
+        self._examples, self._skipped, self._inside = 0, False, False
+        self._call: tuple[tuple, dict] | None = None  # the current training_step's arguments
+
+    def connect(self, model, optimizers, lr_schedulers):  # noqa: D102
+        # Under DDP Lightning connects the wrapped module; the LightningModule is inside.
+        strategy = getattr(model, "module", model).trainer.strategy
+        step = type(strategy).training_step.__get__(strategy)
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            # The perturbed passes of an accumulating batch re-run this very call.
+            self._call = (args, kwargs)
+            return step(*args, **kwargs)
+        strategy.training_step = recorded
+        return super().connect(model, optimizers, lr_schedulers)
+
+    def backward(self, tensor, model, optimizer, *args, **kwargs):  # noqa: D102
+        if (isinstance(optimizer, PerturbedOptimizer) and not self._inside
+                and model.trainer.accumulate_grad_batches != 1):
+            return _accumulate_batch(self, optimizer, model, tensor, self._scaler)
+        return super().backward(tensor, model, optimizer, *args, **kwargs)
+
+
+class PerturbedPrecision(_FamilyPlugin, Precision):
     """Lightning's full-precision plugin (``32-true``, ``64-true`` dtype left to the module)
     with the family's two-pass step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._family_init()
 
     def optimizer_step(self, optimizer, model, closure, **kwargs):  # noqa: D102
         if not isinstance(optimizer, PerturbedOptimizer):
@@ -74,13 +221,18 @@ class PerturbedPrecision(Precision):
         return _family_step(self, optimizer, model, closure, None, **kwargs)
 
 
-class PerturbedMixedPrecision(MixedPrecision):
+class PerturbedMixedPrecision(_FamilyPlugin, MixedPrecision):
     """Lightning's ``16-mixed`` / ``bf16-mixed`` plugin with the family's two-pass step.
 
     With ``16-mixed`` both passes are scaled by the plugin's GradScaler; the ascent gradient
     is unscaled before the norm, an overflow in either pass skips the step with ``w``
     restored and backs off the scale, as :func:`forgetting_sam.perturbed_step` does.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._family_init()
+        self._scaler = self.scaler
 
     def optimizer_step(self, optimizer, model, closure, **kwargs):  # noqa: D102
         if not isinstance(optimizer, PerturbedOptimizer):
