@@ -129,3 +129,84 @@ def test_trainer_obf_needs_labels(tmp_path):
                                train_dataset=data, optimizers=(opt, None))
     with pytest.raises((KeyError, ValueError), match="labels|loss"):
         trainer.train()
+
+
+def _scaled_trainer(tmp_path, name, model, steps, init_scale):
+    """A PerturbedTrainer whose accelerator has a GradScaler (on CPU it makes none itself)."""
+    opt = FAMILY[name](model.parameters())
+    trainer = PerturbedTrainer(model=model, args=_args(tmp_path, max_steps=steps),
+                               train_dataset=_data(), optimizers=(opt, None))
+    trainer.model_accepts_loss_kwargs = False  # see _train
+    # Set before train(): prepare() hands this scaler to the AcceleratedOptimizer, which then
+    # calls scaler.step / scaler.update itself.
+    # growth_interval=1: each clean step doubles the scale, so the final scale shows that every
+    # step went through scaler.update.
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=1)
+    return trainer
+
+
+def _scaled_reference(model, name, steps, init_scale):
+    """perturbed_step with its own GradScaler on the Trainer's batches; returns the scaler."""
+    from forgetting_sam import AscentLoss, perturbed_step
+
+    criterion = AscentLoss(torch.nn.functional.cross_entropy)
+
+    def compute_loss(m, batch):
+        logits, y = _forward(m, batch)
+        return criterion(logits, y), logits
+
+    opt = FAMILY[name](model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=1)
+    for batch in _batches(_data())[:steps]:
+        perturbed_step(model, opt, batch, compute_loss=compute_loss, scaler=scaler)
+    return scaler
+
+
+def _poison_first_ascent(model):
+    """Put inf into one gradient in the first backward pass only (the first step's ascent)."""
+    calls = [0]
+
+    def hook(grad):
+        calls[0] += 1
+        return torch.full_like(grad, float("inf")) if calls[0] == 1 else grad
+
+    model.classifier.weight.register_hook(hook)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["sam", "obf"])
+def test_trainer_scaler_path_equals_perturbed_step(tmp_path, name):
+    # float32 with power-of-two scales: scaling and unscaling are exact, so both sides run the
+    # same float32 arithmetic and only summation order may differ (~1e-7 relative per op).
+    model = _bert(torch.float32)
+    ref = copy.deepcopy(model)
+    trainer = _scaled_trainer(tmp_path, name, model, 3, 2.0 ** 8)
+    trainer.train()
+    ref_scaler = _scaled_reference(ref, name, 3, 2.0 ** 8)
+    assert trainer.accelerator.scaler.get_scale() == ref_scaler.get_scale() == 2.0 ** 11
+    assert max_weight_diff(model, _bert(torch.float32)) > 1e-3  # it trained
+    assert max_weight_diff(model, ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["sam", "obf"])
+def test_trainer_scaler_overflow_skips_the_step(tmp_path, name):
+    model = _bert(torch.float32)
+    start = copy.deepcopy(model)
+    calls = _poison_first_ascent(model)
+    trainer = _scaled_trainer(tmp_path, name, model, 1, 2.0 ** 8)
+    trainer.train()
+    assert calls[0] >= 1
+    assert max_weight_diff(model, start) == 0.0  # skipped, and w + ε was not left behind
+    assert trainer.accelerator.scaler.get_scale() == 2.0 ** 7  # backed off by the factor 0.5
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    # The steps after the skip train as perturbed_step does after its own skip.
+    model, ref = _bert(torch.float32), _bert(torch.float32)
+    _poison_first_ascent(model)
+    _poison_first_ascent(ref)
+    trainer = _scaled_trainer(tmp_path, name, model, 3, 2.0 ** 8)
+    trainer.train()
+    ref_scaler = _scaled_reference(ref, name, 3, 2.0 ** 8)
+    assert trainer.accelerator.scaler.get_scale() == ref_scaler.get_scale() == 2.0 ** 9  # halved, then doubled twice
+    assert max_weight_diff(model, _bert(torch.float32)) > 1e-3
+    assert max_weight_diff(model, ref) < 1e-5
