@@ -264,3 +264,77 @@ def test_lightning_ddp_two_processes(tmp_path):
         trained.load_state_dict(torch.load(tmp_path / f"{name}.pt"))
         assert max_weight_diff(trained, Net(name).net) > 1e-3
         assert max_weight_diff(trained, ref) < 1e-9, name
+
+
+DDP_ACCUMULATE_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+import lightning as L
+from test_integrations_lightning import BATCH, Net, _data
+from forgetting_sam.integrations.lightning import perturbed_precision
+x, y = _data(n=64)
+data = torch.utils.data.TensorDataset(x, y)
+rank = int(os.environ.get("LOCAL_RANK", 0))
+sampler = torch.utils.data.DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
+for name in {names!r}:
+    module = Net(name)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False,
+                        accumulate_grad_batches=2, plugins=[perturbed_precision("32")])
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler))
+    torch.save(module.net.state_dict(), os.path.join({out!r}, f"{{name}}_rank{{trainer.global_rank}}.pt"))
+# An Inf in one example of rank 1's first batch: its ascent is non-finite, so rank 1 skips the
+# first window, and rank 0 must skip it too.
+x[1, 0] = float("inf")
+data = torch.utils.data.TensorDataset(x, y)
+module = Net("sam")
+trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, use_distributed_sampler=False,
+                    accumulate_grad_batches=2, plugins=[perturbed_precision("32")])
+trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler))
+torch.save(module.net.state_dict(), os.path.join({out!r}, f"poisoned_rank{{trainer.global_rank}}.pt"))
+"""
+
+
+def test_lightning_ddp_accumulation_two_processes(tmp_path):
+    """accumulate_grad_batches=2 on two gloo replicas: every replica's batch gets its own ε
+    (Lightning syncs no backward inside a window but the last), the window steps on the mean
+    of all 2 × 2 descent gradients, and both replicas end with the same weights. Equals the
+    two-step loop on windows of the four batches (SAM: ascent from Lightning's own loss;
+    OBF: the re-run ascent pass), and a skip on one replica skips the window on both."""
+    names = ["sam", "obf"]
+    script = tmp_path / "ddp_acc_run.py"
+    script.write_text(textwrap.dedent(DDP_ACCUMULATE_SCRIPT.format(
+        tests=str(REPO / "tests"), names=names, out=str(tmp_path))))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    x, y = _data(n=64)
+    # rank r holds examples r, r + 2, ...; its j-th batch is the j-th BATCH of those
+    replica = [(x[r::2], y[r::2]) for r in range(2)]
+    batches = [[(xr[j * BATCH:(j + 1) * BATCH], yr[j * BATCH:(j + 1) * BATCH]) for xr, yr in replica]
+               for j in range(len(x) // (2 * BATCH))]
+    windows = [batches[j] + batches[j + 1] for j in range(0, len(batches), 2)]
+    for name in names:
+        ranks = []
+        for r in range(2):
+            net = Net(name).net
+            net.load_state_dict(torch.load(tmp_path / f"{name}_rank{r}.pt"))
+            ranks.append(net)
+        assert max_weight_diff(ranks[0], ranks[1]) == 0.0, f"{name}: the replicas diverged"
+        ref = Net(name).net
+        two_step_reference(ref, FAMILY[name](ref.parameters()), windows, _forward)
+        assert max_weight_diff(ranks[0], Net(name).net) > 1e-3
+        assert max_weight_diff(ranks[0], ref) < 1e-9, name
+    # a skip on rank 1 alone skips the first window on both; the second window steps as usual
+    poisoned = []
+    for r in range(2):
+        net = Net("sam").net
+        net.load_state_dict(torch.load(tmp_path / f"poisoned_rank{r}.pt"))
+        poisoned.append(net)
+    assert max_weight_diff(poisoned[0], poisoned[1]) == 0.0, "a skip on one replica must skip on all"
+    ref = Net("sam").net
+    two_step_reference(ref, FAMILY["sam"](ref.parameters()), windows[1:], _forward)
+    assert max_weight_diff(poisoned[0], ref) < 1e-9

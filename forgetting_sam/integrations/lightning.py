@@ -22,16 +22,23 @@ closure call: they see the descent gradient at ``w + ε`` (unscaled), before GSA
 and its own descent gradient at ``w + ε``; the base optimizer steps once with their
 size-weighted mean. Lightning's own forward of each batch updates BatchNorm once; the
 re-run passes never do. With ``16-mixed`` an overflow in any batch skips the whole window.
-Hooks and clipping run once per window, on the mean. Accumulation under DDP is untested.
+Hooks and clipping run once per window, on the mean. Under DDP every pass of a window stays
+on its replica (Lightning syncs the window's last backward; the plugin runs that batch under
+``no_sync`` too), so each replica's batch gets its own ``ε``; the window's sums of descent
+gradients, example counts and skip flags are then added over the replicas in one all-reduce
+per dtype, so the step uses the mean over every batch of every replica, the replicas stay
+identical, and a skip on one replica skips the window on all.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from torch.nn.parallel import DistributedDataParallel
 
 from ..optim import PerturbedOptimizer, ascent_pass, bn_stats_frozen
 from ..optim.perturbed import grads_finite, warn_skipped
@@ -46,7 +53,11 @@ def _family_step(plugin: "_FamilyPlugin", optimizer: PerturbedOptimizer, model: 
                  **kwargs: Any) -> Any:
     trainer = model.trainer
     if trainer.accumulate_grad_batches != 1:
-        closure()  # the window's last batch: its backward accumulates like the others
+        ddp = _ddp(trainer.strategy)
+        # The window's last batch: its passes accumulate like the others', on this replica
+        # alone; _finish_window adds the window up over the replicas.
+        with ddp.no_sync() if ddp is not None else contextlib.nullcontext():
+            closure()
         return _finish_window(plugin, optimizer, model, scaler)
     # Lightning zeroes the gradients inside its closure; the previous step's are still here
     # and would read as a backward before step(closure) (the popular SAM's style).
@@ -146,6 +157,9 @@ def _finish_window(plugin: "_FamilyPlugin", optimizer: PerturbedOptimizer, model
                    scaler: "torch.amp.GradScaler | None") -> None:
     acc, total, skipped = plugin._acc, plugin._examples, plugin._skipped
     plugin._acc, plugin._examples, plugin._skipped = {}, 0, False
+    ddp = _ddp(model.trainer.strategy)
+    if ddp is not None:
+        total, skipped = _sum_over_replicas(ddp, optimizer, acc, total, skipped)
     base = optimizer.base_optimizer
     scaled = compat.scaler_scale(scaler) is not None
     optimizer.zero_grad(set_to_none=True)
@@ -176,6 +190,45 @@ def _finish_window(plugin: "_FamilyPlugin", optimizer: PerturbedOptimizer, model
         optimizer._last_skipped = False
         base.step()
     optimizer._mark_stepped()
+
+
+def _ddp(strategy: Any) -> "DistributedDataParallel | None":
+    """The strategy's DDP module, or None on one process."""
+    module = getattr(strategy, "model", None)
+    return module if isinstance(module, DistributedDataParallel) else None
+
+
+@torch.no_grad()
+def _sum_over_replicas(ddp: DistributedDataParallel, optimizer: PerturbedOptimizer,
+                       acc: dict[torch.Tensor, torch.Tensor], total: int, skipped: bool) -> tuple[int, bool]:
+    """Add the window's ``Σ |B| g`` (in ``acc``, filled in for every parameter), the example
+    count and the skip flag over the replicas: one all-reduce per (dtype, device) of the
+    gradients. Returns the global count and whether any replica skipped."""
+    import torch.distributed as dist
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for p in params:
+        if p not in acc:
+            acc[p] = torch.zeros_like(p)  # every replica must reduce the same tensors, in order
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for p in params:
+        groups.setdefault((acc[p].dtype, acc[p].device), []).append(acc[p])
+    counts = torch.tensor([float(total), float(skipped)], dtype=torch.float64, device=acc[params[0]].device)
+    # The counts ride along with a float32/float64 group (integers, exact below 2**24), or
+    # travel alone when every gradient is in a narrower dtype.
+    rider = next((key for key in groups if key[0] in (torch.float32, torch.float64)), None)
+    if rider is None:
+        dist.all_reduce(counts, group=ddp.process_group)
+    for key, parts in groups.items():
+        if key == rider:
+            parts = parts + [counts.to(dtype=key[0], device=key[1])]
+        flat = torch._utils._flatten_dense_tensors(parts)
+        dist.all_reduce(flat, group=ddp.process_group)
+        for t, summed in zip(parts, torch._utils._unflatten_dense_tensors(flat, parts)):
+            t.copy_(summed)
+        if key == rider:
+            counts = parts[-1]
+    return int(round(counts[0].item())), counts[1].item() > 0
 
 
 class _FamilyPlugin:
