@@ -295,6 +295,20 @@ trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, 
                     accumulate_grad_batches=2, plugins=[perturbed_precision("32")])
 trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler))
 torch.save(module.net.state_dict(), os.path.join({out!r}, f"poisoned_rank{{trainer.global_rank}}.pt"))
+# BatchNorm: each replica's running statistics come from its own batches; rank 0's are
+# broadcast at each window's end, as DDP does before a synced forward.
+x, y = _data(n=64)
+data = torch.utils.data.TensorDataset(x, y)
+module = Net("sam")
+torch.manual_seed(0)
+module.net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.BatchNorm1d(16), torch.nn.Tanh(),
+                                 torch.nn.Linear(16, 3)).double()
+trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, use_distributed_sampler=False,
+                    accumulate_grad_batches=2, plugins=[perturbed_precision("32")])
+trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler))
+torch.save(module.net.state_dict(), os.path.join({out!r}, f"bn_rank{{trainer.global_rank}}.pt"))
 """
 
 
@@ -303,7 +317,8 @@ def test_lightning_ddp_accumulation_two_processes(tmp_path):
     (Lightning syncs no backward inside a window but the last), the window steps on the mean
     of all 2 × 2 descent gradients, and both replicas end with the same weights. Equals the
     two-step loop on windows of the four batches (SAM: ascent from Lightning's own loss;
-    OBF: the re-run ascent pass), and a skip on one replica skips the window on both."""
+    OBF: the re-run ascent pass); a skip on one replica skips the window on both, and
+    BatchNorm's running statistics are rank 0's on both, as DDP keeps them."""
     names = ["sam", "obf"]
     script = tmp_path / "ddp_acc_run.py"
     script.write_text(textwrap.dedent(DDP_ACCUMULATE_SCRIPT.format(
@@ -338,3 +353,8 @@ def test_lightning_ddp_accumulation_two_processes(tmp_path):
     ref = Net("sam").net
     two_step_reference(ref, FAMILY["sam"](ref.parameters()), windows[1:], _forward)
     assert max_weight_diff(poisoned[0], ref) < 1e-9
+    # BatchNorm: weights and running statistics identical on both replicas
+    bn = [torch.load(tmp_path / f"bn_rank{r}.pt") for r in range(2)]
+    assert bn[0]["1.running_mean"].abs().max() > 0
+    for key in bn[0]:
+        assert torch.equal(bn[0][key], bn[1][key]), key

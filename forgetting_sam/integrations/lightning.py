@@ -22,12 +22,11 @@ closure call: they see the descent gradient at ``w + ε`` (unscaled), before GSA
 and its own descent gradient at ``w + ε``; the base optimizer steps once with their
 size-weighted mean. Lightning's own forward of each batch updates BatchNorm once; the
 re-run passes never do. With ``16-mixed`` an overflow in any batch skips the whole window.
-Hooks and clipping run once per window, on the mean. Under DDP every pass of a window stays
-on its replica (Lightning syncs the window's last backward; the plugin runs that batch under
-``no_sync`` too), so each replica's batch gets its own ``ε``; the window's sums of descent
-gradients, example counts and skip flags are then added over the replicas in one all-reduce
-per dtype, so the step uses the mean over every batch of every replica, the replicas stay
-identical, and a skip on one replica skips the window on all.
+Hooks and clipping run once per window, on the mean. Under DDP the window runs as
+:func:`forgetting_sam.perturbed_step` runs under DDP: every pass stays on its replica
+(Lightning syncs a window's last backward; the plugin runs that batch under ``no_sync`` too),
+so each replica's batch gets its own ``ε``; at the window's end the ranks agree on a skip,
+rank 0's buffers are broadcast, and the mean descent gradient is all-reduced once.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..optim import PerturbedOptimizer, ascent_pass, bn_stats_frozen
 from ..optim.perturbed import grads_finite, warn_skipped
-from ..optim.step import _batch_len
+from ..optim.step import _all_reduce_mean, _any_rank, _batch_len, _broadcast_buffers
 from ..optim import compat
 
 __all__ = ["PerturbedPrecision", "PerturbedMixedPrecision", "perturbed_precision"]
@@ -157,10 +156,12 @@ def _finish_window(plugin: "_FamilyPlugin", optimizer: PerturbedOptimizer, model
                    scaler: "torch.amp.GradScaler | None") -> None:
     acc, total, skipped = plugin._acc, plugin._examples, plugin._skipped
     plugin._acc, plugin._examples, plugin._skipped = {}, 0, False
-    ddp = _ddp(model.trainer.strategy)
-    if ddp is not None:
-        total, skipped = _sum_over_replicas(ddp, optimizer, acc, total, skipped)
     base = optimizer.base_optimizer
+    ddp = _ddp(model.trainer.strategy)
+    if ddp is not None:  # as perturbed_step does at an update, with the same helpers
+        skipped = _any_rank(skipped or not total, ddp, next(iter(ddp.parameters())).device)
+        if ddp.broadcast_buffers:
+            _broadcast_buffers(ddp)  # every forward of the window ran under no_sync
     scaled = compat.scaler_scale(scaler) is not None
     optimizer.zero_grad(set_to_none=True)
     if skipped or not total:
@@ -173,7 +174,15 @@ def _finish_window(plugin: "_FamilyPlugin", optimizer: PerturbedOptimizer, model
         return
     for p, g in acc.items():
         p.grad = g.div_(total)
-        if scaled:
+    if ddp is not None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        for p in params:  # identical layouts on every replica for the one flat all-reduce
+            if p.grad is None and p.requires_grad:
+                p.grad = torch.zeros_like(p)
+                acc[p] = p.grad
+        _all_reduce_mean([p.grad for p in params if p.grad is not None], ddp.process_group)
+    if scaled:
+        for p in acc:
             p.grad.mul_(scaler.get_scale())  # a power of two: exact, undone by unscale_ below
     if scaled and model.trainer.gradient_clip_val:
         scaler.unscale_(base)  # clip true gradients
@@ -196,39 +205,6 @@ def _ddp(strategy: Any) -> "DistributedDataParallel | None":
     """The strategy's DDP module, or None on one process."""
     module = getattr(strategy, "model", None)
     return module if isinstance(module, DistributedDataParallel) else None
-
-
-@torch.no_grad()
-def _sum_over_replicas(ddp: DistributedDataParallel, optimizer: PerturbedOptimizer,
-                       acc: dict[torch.Tensor, torch.Tensor], total: int, skipped: bool) -> tuple[int, bool]:
-    """Add the window's ``Σ |B| g`` (in ``acc``, filled in for every parameter), the example
-    count and the skip flag over the replicas: one all-reduce per (dtype, device) of the
-    gradients. Returns the global count and whether any replica skipped."""
-    import torch.distributed as dist
-
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    for p in params:
-        if p not in acc:
-            acc[p] = torch.zeros_like(p)  # every replica must reduce the same tensors, in order
-    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
-    for p in params:
-        groups.setdefault((acc[p].dtype, acc[p].device), []).append(acc[p])
-    counts = torch.tensor([float(total), float(skipped)], dtype=torch.float64, device=acc[params[0]].device)
-    # The counts ride along with a float32/float64 group (integers, exact below 2**24), or
-    # travel alone when every gradient is in a narrower dtype.
-    rider = next((key for key in groups if key[0] in (torch.float32, torch.float64)), None)
-    if rider is None:
-        dist.all_reduce(counts, group=ddp.process_group)
-    for key, parts in groups.items():
-        if key == rider:
-            parts = parts + [counts.to(dtype=key[0], device=key[1])]
-        flat = torch._utils._flatten_dense_tensors(parts)
-        dist.all_reduce(flat, group=ddp.process_group)
-        for t, summed in zip(parts, torch._utils._unflatten_dense_tensors(flat, parts)):
-            t.copy_(summed)
-        if key == rider:
-            counts = parts[-1]
-    return int(round(counts[0].item())), counts[1].item() > 0
 
 
 class _FamilyPlugin:
