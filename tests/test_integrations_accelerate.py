@@ -128,3 +128,51 @@ def test_importing_the_package_imports_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+from test_integrations_accelerate import _data, _loop
+for name in {names!r}:
+    x, y = _data(n=64)
+    model, opt, accelerator = _loop(name, 2, x=x, y=y)
+    state = accelerator.unwrap_model(model).state_dict()
+    torch.save(state, os.path.join({out!r}, f"{{name}}_rank{{accelerator.process_index}}.pt"))
+"""
+
+
+def test_accelerate_ddp_accumulation_two_processes(tmp_path):
+    """Two gloo replicas under torchrun, gradient_accumulation_steps=2. accelerate hands
+    replica r the global batches r, r + 2, ...; every micro-batch is perturbed with its own ε
+    (as perturbed_step does under DDP) and the window's step uses the mean descent gradient
+    over both replicas' micro-batches: the replicas stay identical and equal the two-step loop
+    on windows of the four batches."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    names = ["sam", "obf"]
+    script = tmp_path / "ddp_run.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(
+        tests=str(Path(__file__).resolve().parent), names=names, out=str(tmp_path))))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    x, y = _data(n=64)
+    batches = [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, len(x), BATCH)]
+    windows = [batches[i:i + 4] for i in range(0, len(batches), 4)]
+    for name in names:
+        ranks = []
+        for r in range(2):
+            net = _net()
+            net.load_state_dict(torch.load(tmp_path / f"{name}_rank{r}.pt"))
+            ranks.append(net)
+        assert max_weight_diff(ranks[0], ranks[1]) == 0.0, f"{name}: the replicas diverged"
+        assert torch.equal(ranks[0][1].running_mean, ranks[1][1].running_mean)
+        ref = _net()
+        two_step_reference(ref, FAMILY[name](ref.parameters()), windows, _forward)
+        assert max_weight_diff(ranks[0], _net()) > 1e-3
+        assert max_weight_diff(ranks[0], ref) < 1e-9, name

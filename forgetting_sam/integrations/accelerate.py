@@ -17,13 +17,16 @@ Per micro-batch, both passes of docs/algorithms.md §1 run through ``accelerator
 weights are restored and GSAM's correction applied; the descent gradient is then *added* to
 whatever earlier micro-batches of the accumulation window left in ``.grad``. So each
 micro-batch perturbs with its own ε (m-sharpness with m = the micro-batch, §6) and the
-window's step is the base optimizer's, on the mean descent gradient. Inside
-``accelerator.accumulate`` (or ``no_sync``) the non-final micro-batches do not all-reduce;
-on the final one DDP all-reduces both passes, so that ε comes from the replicas' mean ``h``.
+window's step is the base optimizer's, on the mean descent gradient. Under DDP it runs as
+:func:`forgetting_sam.perturbed_step` does: every pass stays on its replica (the final
+micro-batch's passes run under ``no_sync`` too), so each replica's micro-batch gets its own
+``ε``; at the final micro-batch the window's gradient is all-reduced once (mean over the
+replicas) and rank 0's buffers are broadcast, so the replicas stay identical.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..optim import PerturbedOptimizer, ascent_pass, bn_stats_frozen
-from ..optim.step import _unpack
+from ..optim.step import _all_reduce_mean, _broadcast_buffers, _unpack
 
 __all__ = ["perturbed_backward"]
 
@@ -83,14 +86,19 @@ def perturbed_backward(
         )
     scaler = getattr(accelerator, "scaler", None)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    # A synced micro-batch (the window's last, or every one without accumulation) under DDP:
+    # its passes stay local like the others', and the window is all-reduced once at the end.
+    ddp = model if isinstance(model, nn.parallel.DistributedDataParallel) and model.require_backward_grad_sync else None
+    local = ddp.no_sync if ddp is not None else contextlib.nullcontext
     # Earlier micro-batches' descent gradients must not enter this micro-batch's ascent.
     earlier = {p: p.grad for p in params if p.grad is not None}
     for p in earlier:
         p.grad = None
     try:
-        with ascent_pass(optimizer):
-            loss, _ = _unpack(compute_loss(model, batch))
-        accelerator.backward(loss * loss_scale)
+        with local():
+            with ascent_pass(optimizer):
+                loss, _ = _unpack(compute_loss(model, batch))
+            accelerator.backward(loss * loss_scale)
         optimizer.first_step(zero_grad=True, scaler=scaler)
         if optimizer.skipped:  # non-finite ascent gradient: w was left unperturbed
             optimizer.restore()
@@ -101,9 +109,10 @@ def perturbed_backward(
                     RuntimeWarning, stacklevel=2,
                 )
         else:
-            with bn_stats_frozen(model):
-                p_loss, _ = _unpack(compute_loss(model, batch))
-            accelerator.backward(p_loss * loss_scale)
+            with local():
+                with bn_stats_frozen(model):
+                    p_loss, _ = _unpack(compute_loss(model, batch))
+                accelerator.backward(p_loss * loss_scale)
             optimizer.unperturb()
     finally:
         if optimizer.is_perturbed:
@@ -114,4 +123,13 @@ def perturbed_backward(
                     p.grad = g
                 else:
                     p.grad.add_(g)
+    if ddp is not None:
+        for p in params:  # identical layouts on every replica for the one flat all-reduce
+            if p.grad is None and p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        # A non-finite gradient (an fp16 overflow on one replica) reaches every replica here,
+        # so the window's scaler.step skips on all of them alike.
+        _all_reduce_mean([p.grad for p in params if p.grad is not None], ddp.process_group)
+        if ddp.broadcast_buffers:
+            _broadcast_buffers(ddp)  # DDP skips it before forwards under no_sync
     return loss.detach()
