@@ -230,7 +230,7 @@ from test_integrations_lightning import BATCH, Net, _data
 from forgetting_sam.integrations.lightning import perturbed_precision
 x, y = _data()
 data = torch.utils.data.TensorDataset(x, y)
-# Rank r takes examples r, r + 2, ...: step j's two batches are together x[16 j : 16 (j + 1)].
+# Rank r takes examples r, r + 2, ...: step j takes each replica's j-th batch of those.
 rank = int(os.environ.get("LOCAL_RANK", 0))
 sampler = torch.utils.data.DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
 for name in {names!r}:
@@ -246,8 +246,9 @@ for name in {names!r}:
 
 
 def test_lightning_ddp_two_processes(tmp_path):
-    """Two gloo replicas with batch b each equal one process with batch 2b (DDP all-reduces
-    both passes, so ε comes from the replicas' mean ascent gradient)."""
+    """Two gloo replicas with batch b each equal one process with batch 2b and m = b
+    (docs/algorithms.md §6): each replica perturbs with its own gradients, and the mean descent
+    gradient is all-reduced once."""
     names = ["obf"]  # the headline member; the single-process tests cover the others
     script = tmp_path / "ddp_run.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT.format(tests=str(REPO / "tests"), names=names,
@@ -256,10 +257,13 @@ def test_lightning_ddp_two_processes(tmp_path):
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     x, y = _data()
-    full = [(x[i:i + 2 * BATCH], y[i:i + 2 * BATCH]) for i in range(0, len(x), 2 * BATCH)]
+    # rank r holds examples r, r + 2, ...; step j's window is both replicas' j-th batch
+    replica = [(x[r::2], y[r::2]) for r in range(2)]
+    windows = [[(xr[j * BATCH:(j + 1) * BATCH], yr[j * BATCH:(j + 1) * BATCH]) for xr, yr in replica]
+               for j in range(len(x) // (2 * BATCH))]
     for name in names:
         ref = Net(name).net
-        two_step_reference(ref, FAMILY[name](ref.parameters()), [[b] for b in full], _forward)
+        two_step_reference(ref, FAMILY[name](ref.parameters()), windows, _forward)
         trained = Net(name).net
         trained.load_state_dict(torch.load(tmp_path / f"{name}.pt"))
         assert max_weight_diff(trained, Net(name).net) > 1e-3

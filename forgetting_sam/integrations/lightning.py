@@ -22,11 +22,14 @@ closure call: they see the descent gradient at ``w + ε`` (unscaled), before GSA
 and its own descent gradient at ``w + ε``; the base optimizer steps once with their
 size-weighted mean. Lightning's own forward of each batch updates BatchNorm once; the
 re-run passes never do. With ``16-mixed`` an overflow in any batch skips the whole window.
-Hooks and clipping run once per window, on the mean. Under DDP the window runs as
-:func:`forgetting_sam.perturbed_step` runs under DDP: every pass stays on its replica
-(Lightning syncs a window's last backward; the plugin runs that batch under ``no_sync`` too),
-so each replica's batch gets its own ``ε``; at the window's end the ranks agree on a skip,
-rank 0's buffers are broadcast, and the mean descent gradient is all-reduced once.
+Hooks and clipping run once per window, on the mean.
+
+Under DDP (with or without accumulation) steps run as :func:`forgetting_sam.perturbed_step`
+runs under DDP (docs/algorithms.md §6): every pass stays on its replica (the plugin runs
+Lightning's synced batch under ``no_sync`` too), so each replica's batch gets its own ``ε``;
+at the update the ranks agree on a skip, rank 0's buffers are broadcast, and the mean descent
+gradient is all-reduced once. ``R`` replicas with batch ``b`` are one process with batch
+``R·b`` and ``m = b``.
 """
 
 from __future__ import annotations
@@ -51,10 +54,10 @@ def _family_step(plugin: "_FamilyPlugin", optimizer: PerturbedOptimizer, model: 
                  closure: Callable[[], Any], scaler: "torch.amp.GradScaler | None",
                  **kwargs: Any) -> Any:
     trainer = model.trainer
-    if trainer.accumulate_grad_batches != 1:
+    if _windowed(trainer):
         ddp = _ddp(trainer.strategy)
-        # The window's last batch: its passes accumulate like the others', on this replica
-        # alone; _finish_window adds the window up over the replicas.
+        # The window's last batch (or, under DDP, each step's one batch): its passes run like
+        # the others', on this replica alone; _finish_window all-reduces the window once.
         with ddp.no_sync() if ddp is not None else contextlib.nullcontext():
             closure()
         return _finish_window(plugin, optimizer, model, scaler)
@@ -201,6 +204,13 @@ def _finish_window(plugin: "_FamilyPlugin", optimizer: PerturbedOptimizer, model
     optimizer._mark_stepped()
 
 
+def _windowed(trainer: Any) -> bool:
+    """Whether steps run batch by batch through _accumulate_batch / _finish_window: with
+    accumulation, and under DDP, where each replica must perturb with its own gradients
+    (docs/algorithms.md §6) while Lightning's closure would all-reduce both passes."""
+    return trainer.accumulate_grad_batches != 1 or _ddp(trainer.strategy) is not None
+
+
 def _ddp(strategy: Any) -> "DistributedDataParallel | None":
     """The strategy's DDP module, or None on one process."""
     module = getattr(strategy, "model", None)
@@ -231,7 +241,7 @@ class _FamilyPlugin:
 
     def backward(self, tensor, model, optimizer, *args, **kwargs):  # noqa: D102
         if (isinstance(optimizer, PerturbedOptimizer) and not self._inside
-                and model.trainer.accumulate_grad_batches != 1):
+                and _windowed(model.trainer)):
             return _accumulate_batch(self, optimizer, model, tensor, self._scaler)
         return super().backward(tensor, model, optimizer, *args, **kwargs)
 
