@@ -54,10 +54,14 @@ docs: $(DOCS_STAMP)
 	$(BIN)/python tools/docs_stage.py build/docs_src
 	OMP_NUM_THREADS=1 $(BIN)/python -m sphinx -W --keep-going -q -b html -c docs build/docs_src build/site
 
-# Every page of the site in headless chromium (images, math, links, console, no CDN).
+# Every page of the site in headless chromium (images, math, links, console, no CDN), then the
+# widgets in a real JupyterLab: notebooks 01 and 03 run, a slider dragged, the figure must redraw
+# (2–3 minutes on 2 cores; the checker always stops its server, `timeout` only guards against a hang).
 docs-check: docs
 	@echo ">> checking every page of build/site in headless chromium"
 	OMP_NUM_THREADS=1 $(BIN)/python tools/docs_check.py build/site
+	@echo ">> running notebooks 01 and 03 in JupyterLab and moving the explorers' sliders"
+	timeout --kill-after=30 900 $(BIN)/python tools/lab_widgets_check.py
 
 student: $(STAMP)
 	@echo ">> writing the student edition of the notebooks into build/student"
