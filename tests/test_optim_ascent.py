@@ -63,7 +63,7 @@ def test_closure_without_ascent_loss_raises_for_an_ascent_objective(name):
 
 
 def test_ascent_loss_is_the_training_loss_outside_an_ascent_pass():
-    model, opt = mlp(), build("obf", mlp())
+    model = mlp()
     x, y = batches(1)[0]
     criterion = AscentLoss(F.cross_entropy)
     assert torch.equal(criterion(model(x), y), F.cross_entropy(model(x), y))
@@ -113,11 +113,11 @@ def test_the_older_ascent_loss_argument_still_works():
     m1, m2 = mlp(), mlp()
     o1, o2 = build("obf", m1), build("obf", m2)
     for x, y in batches(2):
-        def closure(ascent_loss=None):
+        def closure(ascent_loss=None):  # called within this iteration: x and y are current
             o2.zero_grad()
-            logits = m2(x)
-            loss = F.cross_entropy(logits, y)
-            (ascent_loss(logits, y) if ascent_loss else loss).backward()
+            logits = m2(x)  # noqa: B023
+            loss = F.cross_entropy(logits, y)  # noqa: B023
+            (ascent_loss(logits, y) if ascent_loss else loss).backward()  # noqa: B023
             return loss
         two_step(m1, o1, x, y)
         o2.step(closure)

@@ -87,9 +87,9 @@ def test_torch_contract_closures_never_warn():
         warnings.simplefilter("error")
         for set_to_none in (True, False, True):
             for x, y in batches(2):
-                def closure():
-                    opt.zero_grad(set_to_none=set_to_none)
-                    loss = F.cross_entropy(model(x), y)
+                def closure():  # called within this iteration
+                    opt.zero_grad(set_to_none=set_to_none)  # noqa: B023
+                    loss = F.cross_entropy(model(x), y)  # noqa: B023
                     loss.backward()
                     return loss
                 opt.step(closure)  # the previous step's gradients are still in .grad
@@ -154,9 +154,9 @@ def test_a_skipped_step_leaves_nothing_that_looks_like_a_backward(use_scaler):
 
     handle = model[-1].weight.register_hook(inf_on_first_backward)
     for x, y in batches(2):
-        def closure():
+        def closure():  # called within this iteration
             opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(x), y)  # noqa: B023
             (sc.scale(loss) if sc else loss).backward()
             return loss
 
