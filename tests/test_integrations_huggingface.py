@@ -210,3 +210,48 @@ def test_trainer_scaler_overflow_skips_the_step(tmp_path, name):
     assert trainer.accelerator.scaler.get_scale() == ref_scaler.get_scale() == 2.0 ** 9  # halved, then doubled twice
     assert max_weight_diff(model, _bert(torch.float32)) > 1e-3
     assert max_weight_diff(model, ref) < 1e-5
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_integrations_huggingface import _bert, _train
+out = Path({out!r})
+for name in {names!r}:
+    model = _bert()
+    _train(out / f"run_{{name}}", name, model, steps=2, accumulation=2, ddp_backend="gloo")
+    torch.save(model.state_dict(), out / f"{{name}}_rank{{os.environ['RANK']}}.pt")
+"""
+
+
+def test_trainer_ddp_accumulation_two_processes(tmp_path):
+    """The Trainer under torchrun on two gloo replicas with gradient_accumulation_steps=2: the
+    prepared loader hands replica r the batches r, r + 2 (here all four batches make one
+    window), each batch is perturbed with its own ε on its replica, and the window steps on the
+    mean over both replicas; the replicas stay identical and equal the two-step loop."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    names = ["sam", "obf"]
+    script = tmp_path / "ddp_run.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(
+        tests=str(Path(__file__).resolve().parent), names=names, out=str(tmp_path))))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    batches = _batches(_data())
+    for name in names:
+        ranks = []
+        for r in range(2):
+            model = _bert()
+            model.load_state_dict(torch.load(tmp_path / f"{name}_rank{r}.pt"))
+            ranks.append(model)
+        assert max_weight_diff(ranks[0], ranks[1]) == 0.0, f"{name}: the replicas diverged"
+        ref = _bert()
+        two_step_reference(ref, FAMILY[name](ref.parameters()), [batches, batches], _forward)  # 2 steps
+        assert max_weight_diff(ranks[0], _bert()) > 1e-3
+        assert max_weight_diff(ranks[0], ref) < 1e-9, name
