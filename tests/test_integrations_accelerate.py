@@ -139,6 +139,10 @@ for name in {names!r}:
     model, opt, accelerator = _loop(name, 2, x=x, y=y)
     state = accelerator.unwrap_model(model).state_dict()
     torch.save(state, os.path.join({out!r}, f"{{name}}_rank{{accelerator.process_index}}.pt"))
+# Close the process group explicitly: gloo's threads left to the interpreter's exit can abort
+# the process ("terminate called without an active exception") after all work is done.
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 """
 
 

@@ -222,6 +222,10 @@ for name in {names!r}:
     model = _bert()
     _train(out / f"run_{{name}}", name, model, steps=2, accumulation=2, ddp_backend="gloo")
     torch.save(model.state_dict(), out / f"{{name}}_rank{{os.environ['RANK']}}.pt")
+# Close the process group explicitly: gloo's threads left to the interpreter's exit can abort
+# the process ("terminate called without an active exception") after all work is done.
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 """
 
 

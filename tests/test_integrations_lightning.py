@@ -242,6 +242,10 @@ for name in {names!r}:
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler))
     if trainer.global_rank == 0:
         torch.save(module.net.state_dict(), os.path.join({out!r}, name + ".pt"))
+# Close the process group explicitly: gloo's threads left to the interpreter's exit can abort
+# the process ("terminate called without an active exception") after all work is done.
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 """
 
 
@@ -313,6 +317,10 @@ trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, 
                     accumulate_grad_batches=2, plugins=[perturbed_precision("32")])
 trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler))
 torch.save(module.net.state_dict(), os.path.join({out!r}, f"bn_rank{{trainer.global_rank}}.pt"))
+# Close the process group explicitly: gloo's threads left to the interpreter's exit can abort
+# the process ("terminate called without an active exception") after all work is done.
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 """
 
 
