@@ -370,6 +370,34 @@ def test_init_from_skips_the_head(tmp_path):
     assert torch.equal(other.state_dict()[loaded[0]], pre.model.state_dict()[loaded[0]].cpu())
 
 
+def test_init_from_a_plain_state_dict_such_as_torchvisions(tmp_path):
+    """A file holding only a state_dict (torchvision's downloaded ImageNet weights are such a
+    file, keyed like the engine's torchvision ResNets) initialises the model like a run's
+    checkpoint: same-shaped tensors copied, the head (another class count) left fresh."""
+    from torchvision import models
+
+    from forgetting_sam.engine import build_model
+
+    torch.manual_seed(0)
+    imagenet = models.resnet18(weights=None, num_classes=1000)   # stands in for IMAGENET1K weights
+    path = tmp_path / "resnet18-imagenet.pth"
+    torch.save(imagenet.state_dict(), path)
+    model = models.resnet18(weights=None, num_classes=10)
+    loaded, skipped = load_pretrained(model, path)
+    assert sorted(skipped) == ["fc.bias", "fc.weight"]
+    assert torch.equal(model.conv1.weight, imagenet.conv1.weight)
+    assert torch.equal(model.layer4[1].bn2.running_mean, imagenet.layer4[1].bn2.running_mean)
+    # the engine's own torchvision ResNet takes the same keys
+    engine_model = build_model("resnet50", num_classes=10, input_shape=(3, 32, 32))
+    torch.save(models.resnet50(weights=None, num_classes=1000).state_dict(), tmp_path / "r50.pth")
+    loaded, skipped = load_pretrained(engine_model, tmp_path / "r50.pth")
+    assert sorted(skipped) == ["fc.bias", "fc.weight"] and len(loaded) > 300
+    # anything else is refused with the file's name
+    torch.save({"weights": [1, 2, 3]}, tmp_path / "junk.pth")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        load_pretrained(model, tmp_path / "junk.pth")
+
+
 # ------------------------------------------------------------------------------ torchrun
 def test_torchrun_two_processes_on_digits(tmp_path):
     out = tmp_path / "ddp"

@@ -132,13 +132,25 @@ def check_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor
 def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> tuple[list[str], list[str]]:
     """Initialise ``model`` from a checkpoint's weights for transfer learning.
 
-    Tensors with the same name and shape are copied; the rest (typically the classifier head,
-    whose number of classes differs) keep their fresh initialisation.
+    ``path`` is a run's checkpoint (``checkpoints/last.pt``) or a file holding a bare
+    ``state_dict``, such as torchvision's ImageNet weights (``torchvision.models.resnet50(
+    weights="IMAGENET1K_V1")`` saves them under ``~/.cache/torch/hub/checkpoints/``), whose
+    keys match the engine's ``resnet50``/``resnet101``. Tensors with the same name and shape
+    are copied; the rest (typically the classifier head, whose number of classes differs) keep
+    their fresh initialisation.
 
     Returns:
         ``(loaded, skipped)`` lists of tensor names.
+
+    Example:
+        >>> model = build_model("resnet50", num_classes=10, input_shape=(3, 224, 224))
+        >>> loaded, skipped = load_pretrained(model, "~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth")
+        >>> skipped
+        ['fc.weight', 'fc.bias']
     """
-    state = load_checkpoint(path)["model"]
+    state = _bare_state_dict(path)
+    if state is None:
+        state = load_checkpoint(path)["model"]
     own = model.state_dict()
     loaded = [k for k in own if k in state and tuple(state[k].shape) == tuple(own[k].shape)]
     skipped = [k for k in own if k not in loaded]
@@ -146,6 +158,22 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> tuple[li
         raise CheckpointError(f"{path}: no tensor fits this model; was it written for another architecture?")
     model.load_state_dict({**own, **{k: state[k] for k in loaded}})
     return loaded, skipped
+
+
+def _bare_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The file's tensors when it holds nothing but a ``name -> tensor`` mapping, else None
+    (a run's checkpoint, or anything :func:`load_checkpoint` should judge and explain)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # load_checkpoint reads it again and says what is wrong
+        return None
+    if isinstance(state, dict) and state and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        return state
+    return None
 
 
 # ------------------------------------------------------------------------------ RNG

@@ -93,7 +93,7 @@ class TrainConfig:
     # --- model ------------------------------------------------------------------------------
     model: str = _knob("mlp", "model: mlp, cnn, wrn16_8, wrn28_10, resnet18_cifar, resnet50, resnet101, vit_s32, vit_s16", group="model")
     model_options: dict = _knob({}, "model options, e.g. {pool: gap, head_bias: -10} for the paper's ViT, {dropout: 0.0} for WRN", group="model")
-    init_from: str | None = _knob(None, "checkpoint to initialise the model from (transfer); tensors whose shape differs (the head) are skipped", group="model")
+    init_from: str | None = _knob(None, "checkpoint to initialise the model from (transfer): a run's checkpoints/last.pt or a bare state_dict file such as torchvision's ImageNet weights; tensors whose shape differs (the head) are skipped", group="model")
 
     # --- loss -------------------------------------------------------------------------------
     loss: str = _knob("ce", "training loss: ce (softmax cross-entropy) or bce_sigmoid (sigmoid BCE summed over classes, mean over batch)", ("ce", "bce_sigmoid"), group="loss")
