@@ -102,14 +102,18 @@ def defined_names(source: str) -> set[str]:
     return names
 
 
-def two_editions(nb, name: str, cwd: Path) -> list[str]:
-    """Run ``nb`` in a kernel and return the problems found at its check cells."""
+def two_editions(nb, name: str, cwd: Path, scratch: Path | None = None) -> list[str]:
+    """Run ``nb`` in a kernel and return the problems found at its check cells. ``scratch``
+    becomes the kernel's TMPDIR: the run stops at the last check cell, before a notebook's own
+    clean-up of its temporary folders, so they land there."""
     student = {id(c): s for c, s in zip(nb.cells, _aligned_student(nb, name))}
     last_check = max(i for i, c in enumerate(nb.cells) if "check" in make_student.tags_of(c))
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
     problems, pending = [], []
-    with client.setup_kernel(env={**os.environ, "FSAM_QUICK": "1", "OMP_NUM_THREADS": "1",
-                                  "MPLBACKEND": "Agg"}):
+    env = {**os.environ, "FSAM_QUICK": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    if scratch is not None:
+        env["TMPDIR"] = str(scratch)
+    with client.setup_kernel(env=env):
         def run(cell, index):
             client.execute_cell(cell, index, store_history=False)
 
@@ -169,9 +173,9 @@ def test_two_editions_catch_a_check_that_cannot_fail(tmp_path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_every_notebook_has_exercises_whose_checks_can_fail_and_pass(path):
+def test_every_notebook_has_exercises_whose_checks_can_fail_and_pass(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     n = make_student.count_exercises(nb)
     assert n > 0, f"{path.name} has no cell tagged 'exercise' (issue 10 asks for one per notebook)"
     assert any("check" in make_student.tags_of(c) for c in nb.cells), f"{path.name} has no check cell"
-    assert two_editions(nb, path.name, path.parent) == []
+    assert two_editions(nb, path.name, path.parent, scratch=tmp_path) == []
