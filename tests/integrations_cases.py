@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -53,3 +58,36 @@ def two_step_reference(model, opt, windows, forward, loss_fn=F.cross_entropy) ->
 def max_weight_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     """Largest absolute difference between two models' parameters (same architecture)."""
     return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+
+
+# Appended to every two-replica script: close the process group explicitly, since gloo's
+# threads left to the interpreter's exit can abort the process ("terminate called without an
+# active exception") after all work is done.
+_CLOSE_GROUP = """
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
+"""
+
+
+def run_two_replicas(script: str, tmp_path: Path, *, torchrun: bool = True, timeout: int = 300) -> None:
+    """Run ``script`` (Python source) on two gloo replicas: under ``torchrun``, or as a plain
+    process for a framework that launches its own second process (Lightning). Fails the test
+    with the end of stderr when it does not exit 0."""
+    path = tmp_path / "ddp_run.py"
+    path.write_text(textwrap.dedent(script) + _CLOSE_GROUP)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"] if torchrun else [sys.executable]
+    proc = subprocess.run([*launch, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def replica_models(make: Callable[[], torch.nn.Module], tmp_path: Path, stem: str) -> list[torch.nn.Module]:
+    """The models ``make()`` loaded from ``{stem}_rank0.pt`` and ``{stem}_rank1.pt``, checked
+    to be identical (a DDP step must leave the replicas equal)."""
+    models = []
+    for r in range(2):
+        model = make()
+        model.load_state_dict(torch.load(tmp_path / f"{stem}_rank{r}.pt"))
+        models.append(model)
+    assert max_weight_diff(models[0], models[1]) == 0.0, f"{stem}: the replicas diverged"
+    return models

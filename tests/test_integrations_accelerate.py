@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 accelerate = pytest.importorskip("accelerate")
 
-from integrations_cases import FAMILY, max_weight_diff, two_step_reference  # noqa: E402
+from integrations_cases import FAMILY, max_weight_diff, replica_models, run_two_replicas, two_step_reference  # noqa: E402
 
 from forgetting_sam import SAM, AscentLoss, perturbed_step  # noqa: E402
 from forgetting_sam.integrations.accelerate import perturbed_backward  # noqa: E402
@@ -139,10 +140,6 @@ for name in {names!r}:
     model, opt, accelerator = _loop(name, 2, x=x, y=y)
     state = accelerator.unwrap_model(model).state_dict()
     torch.save(state, os.path.join({out!r}, f"{{name}}_rank{{accelerator.process_index}}.pt"))
-# Close the process group explicitly: gloo's threads left to the interpreter's exit can abort
-# the process ("terminate called without an active exception") after all work is done.
-torch.distributed.barrier()
-torch.distributed.destroy_process_group()
 """
 
 
@@ -152,29 +149,14 @@ def test_accelerate_ddp_accumulation_two_processes(tmp_path):
     (as perturbed_step does under DDP) and the window's step uses the mean descent gradient
     over both replicas' micro-batches: the replicas stay identical and equal the two-step loop
     on windows of the four batches."""
-    import subprocess
-    import sys
-    import textwrap
-    from pathlib import Path
-
     names = ["sam", "obf"]
-    script = tmp_path / "ddp_run.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(
-        tests=str(Path(__file__).resolve().parent), names=names, out=str(tmp_path))))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_two_replicas(DDP_SCRIPT.format(tests=str(Path(__file__).resolve().parent), names=names,
+                                       out=str(tmp_path)), tmp_path)
     x, y = _data(n=64)
     batches = [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, len(x), BATCH)]
     windows = [batches[i:i + 4] for i in range(0, len(batches), 4)]
     for name in names:
-        ranks = []
-        for r in range(2):
-            net = _net()
-            net.load_state_dict(torch.load(tmp_path / f"{name}_rank{r}.pt"))
-            ranks.append(net)
-        assert max_weight_diff(ranks[0], ranks[1]) == 0.0, f"{name}: the replicas diverged"
+        ranks = replica_models(_net, tmp_path, name)
         assert torch.equal(ranks[0][1].running_mean, ranks[1][1].running_mean)
         ref = _net()
         two_step_reference(ref, FAMILY[name](ref.parameters()), windows, _forward)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 from forgetting_sam.integrations.huggingface import PerturbedTrainer  # noqa: E402
 
-from integrations_cases import FAMILY, max_weight_diff, two_step_reference  # noqa: E402
+from integrations_cases import FAMILY, max_weight_diff, replica_models, run_two_replicas, two_step_reference  # noqa: E402
 
 BATCH, SEQ, N = 4, 8, 16
 
@@ -222,10 +223,6 @@ for name in {names!r}:
     model = _bert()
     _train(out / f"run_{{name}}", name, model, steps=2, accumulation=2, ddp_backend="gloo")
     torch.save(model.state_dict(), out / f"{{name}}_rank{{os.environ['RANK']}}.pt")
-# Close the process group explicitly: gloo's threads left to the interpreter's exit can abort
-# the process ("terminate called without an active exception") after all work is done.
-torch.distributed.barrier()
-torch.distributed.destroy_process_group()
 """
 
 
@@ -234,27 +231,12 @@ def test_trainer_ddp_accumulation_two_processes(tmp_path):
     prepared loader hands replica r the batches r, r + 2 (here all four batches make one
     window), each batch is perturbed with its own ε on its replica, and the window steps on the
     mean over both replicas; the replicas stay identical and equal the two-step loop."""
-    import subprocess
-    import sys
-    import textwrap
-    from pathlib import Path
-
     names = ["sam", "obf"]
-    script = tmp_path / "ddp_run.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(
-        tests=str(Path(__file__).resolve().parent), names=names, out=str(tmp_path))))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_two_replicas(DDP_SCRIPT.format(tests=str(Path(__file__).resolve().parent), names=names,
+                                       out=str(tmp_path)), tmp_path)
     batches = _batches(_data())
     for name in names:
-        ranks = []
-        for r in range(2):
-            model = _bert()
-            model.load_state_dict(torch.load(tmp_path / f"{name}_rank{r}.pt"))
-            ranks.append(model)
-        assert max_weight_diff(ranks[0], ranks[1]) == 0.0, f"{name}: the replicas diverged"
+        ranks = replica_models(_bert, tmp_path, name)
         ref = _bert()
         two_step_reference(ref, FAMILY[name](ref.parameters()), [batches, batches], _forward)  # 2 steps
         assert max_weight_diff(ranks[0], _bert()) > 1e-3

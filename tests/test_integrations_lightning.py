@@ -7,9 +7,6 @@ float64 its weights must equal the hand-written two-step loop's on the same batc
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,8 @@ import torch.nn.functional as F
 
 L = pytest.importorskip("lightning")
 
-from integrations_cases import FAMILY, max_weight_diff, two_step_reference  # noqa: E402
+from integrations_cases import (  # noqa: E402
+    FAMILY, max_weight_diff, replica_models, run_two_replicas, two_step_reference)
 
 from forgetting_sam import AscentLoss, perturbed_step  # noqa: E402
 from forgetting_sam.integrations.lightning import perturbed_precision  # noqa: E402
@@ -242,10 +240,6 @@ for name in {names!r}:
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler))
     if trainer.global_rank == 0:
         torch.save(module.net.state_dict(), os.path.join({out!r}, name + ".pt"))
-# Close the process group explicitly: gloo's threads left to the interpreter's exit can abort
-# the process ("terminate called without an active exception") after all work is done.
-torch.distributed.barrier()
-torch.distributed.destroy_process_group()
 """
 
 
@@ -254,12 +248,8 @@ def test_lightning_ddp_two_processes(tmp_path):
     (docs/algorithms.md §6): each replica perturbs with its own gradients, and the mean descent
     gradient is all-reduced once."""
     names = ["obf"]  # the headline member; the single-process tests cover the others
-    script = tmp_path / "ddp_run.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(tests=str(REPO / "tests"), names=names,
-                                                        out=str(tmp_path))))
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_two_replicas(DDP_SCRIPT.format(tests=str(REPO / "tests"), names=names, out=str(tmp_path)),
+                     tmp_path, torchrun=False)  # Lightning launches the second process itself
     x, y = _data()
     # rank r holds examples r, r + 2, ...; step j's window is both replicas' j-th batch
     replica = [(x[r::2], y[r::2]) for r in range(2)]
@@ -280,47 +270,33 @@ sys.path.insert(0, {tests!r})
 import lightning as L
 from test_integrations_lightning import BATCH, Net, _data
 from forgetting_sam.integrations.lightning import perturbed_precision
-x, y = _data(n=64)
-data = torch.utils.data.TensorDataset(x, y)
 rank = int(os.environ.get("LOCAL_RANK", 0))
-sampler = torch.utils.data.DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
-for name in {names!r}:
-    module = Net(name)
+
+def fit(module, x, y, stem):
+    data = torch.utils.data.TensorDataset(x, y)
+    sampler = torch.utils.data.DistributedSampler(data, num_replicas=2, rank=rank, shuffle=False)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False,
                         accumulate_grad_batches=2, plugins=[perturbed_precision("32")])
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler))
-    torch.save(module.net.state_dict(), os.path.join({out!r}, f"{{name}}_rank{{trainer.global_rank}}.pt"))
+    torch.save(module.net.state_dict(), os.path.join({out!r}, f"{{stem}}_rank{{trainer.global_rank}}.pt"))
+
+x, y = _data(n=64)
+for name in {names!r}:
+    fit(Net(name), x, y, name)
 # An Inf in one example of rank 1's first batch: its ascent is non-finite, so rank 1 skips the
 # first window, and rank 0 must skip it too.
-x[1, 0] = float("inf")
-data = torch.utils.data.TensorDataset(x, y)
-module = Net("sam")
-trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
-                    enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, use_distributed_sampler=False,
-                    accumulate_grad_batches=2, plugins=[perturbed_precision("32")])
-trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler))
-torch.save(module.net.state_dict(), os.path.join({out!r}, f"poisoned_rank{{trainer.global_rank}}.pt"))
+poisoned = x.clone()
+poisoned[1, 0] = float("inf")
+fit(Net("sam"), poisoned, y, "poisoned")
 # BatchNorm: each replica's running statistics come from its own batches; rank 0's are
 # broadcast at each window's end, as DDP does before a synced forward.
-x, y = _data(n=64)
-data = torch.utils.data.TensorDataset(x, y)
 module = Net("sam")
 torch.manual_seed(0)
 module.net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.BatchNorm1d(16), torch.nn.Tanh(),
                                  torch.nn.Linear(16, 3)).double()
-trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
-                    enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, use_distributed_sampler=False,
-                    accumulate_grad_batches=2, plugins=[perturbed_precision("32")])
-trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler))
-torch.save(module.net.state_dict(), os.path.join({out!r}, f"bn_rank{{trainer.global_rank}}.pt"))
-# Close the process group explicitly: gloo's threads left to the interpreter's exit can abort
-# the process ("terminate called without an active exception") after all work is done.
-torch.distributed.barrier()
-torch.distributed.destroy_process_group()
+fit(module, x, y, "bn")
 """
 
 
@@ -332,12 +308,8 @@ def test_lightning_ddp_accumulation_two_processes(tmp_path):
     OBF: the re-run ascent pass); a skip on one replica skips the window on both, and
     BatchNorm's running statistics are rank 0's on both, as DDP keeps them."""
     names = ["sam", "obf"]
-    script = tmp_path / "ddp_acc_run.py"
-    script.write_text(textwrap.dedent(DDP_ACCUMULATE_SCRIPT.format(
-        tests=str(REPO / "tests"), names=names, out=str(tmp_path))))
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_two_replicas(DDP_ACCUMULATE_SCRIPT.format(tests=str(REPO / "tests"), names=names, out=str(tmp_path)),
+                     tmp_path, torchrun=False)  # Lightning launches the second process itself
     x, y = _data(n=64)
     # rank r holds examples r, r + 2, ...; its j-th batch is the j-th BATCH of those
     replica = [(x[r::2], y[r::2]) for r in range(2)]
@@ -345,23 +317,13 @@ def test_lightning_ddp_accumulation_two_processes(tmp_path):
                for j in range(len(x) // (2 * BATCH))]
     windows = [batches[j] + batches[j + 1] for j in range(0, len(batches), 2)]
     for name in names:
-        ranks = []
-        for r in range(2):
-            net = Net(name).net
-            net.load_state_dict(torch.load(tmp_path / f"{name}_rank{r}.pt"))
-            ranks.append(net)
-        assert max_weight_diff(ranks[0], ranks[1]) == 0.0, f"{name}: the replicas diverged"
+        ranks = replica_models(lambda name=name: Net(name).net, tmp_path, name)
         ref = Net(name).net
         two_step_reference(ref, FAMILY[name](ref.parameters()), windows, _forward)
         assert max_weight_diff(ranks[0], Net(name).net) > 1e-3
         assert max_weight_diff(ranks[0], ref) < 1e-9, name
     # a skip on rank 1 alone skips the first window on both; the second window steps as usual
-    poisoned = []
-    for r in range(2):
-        net = Net("sam").net
-        net.load_state_dict(torch.load(tmp_path / f"poisoned_rank{r}.pt"))
-        poisoned.append(net)
-    assert max_weight_diff(poisoned[0], poisoned[1]) == 0.0, "a skip on one replica must skip on all"
+    poisoned = replica_models(lambda: Net("sam").net, tmp_path, "poisoned")
     ref = Net("sam").net
     two_step_reference(ref, FAMILY["sam"](ref.parameters()), windows[1:], _forward)
     assert max_weight_diff(poisoned[0], ref) < 1e-9

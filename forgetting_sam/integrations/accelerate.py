@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..optim import PerturbedOptimizer, ascent_pass, bn_stats_frozen
-from ..optim.step import _all_reduce_mean, _broadcast_buffers, _unpack
+from ..optim.step import _all_reduce_grads, _broadcast_buffers, _unpack
 
 __all__ = ["perturbed_backward"]
 
@@ -124,12 +124,9 @@ def perturbed_backward(
                 else:
                     p.grad.add_(g)
     if ddp is not None:
-        for p in params:  # identical layouts on every replica for the one flat all-reduce
-            if p.grad is None and p.requires_grad:
-                p.grad = torch.zeros_like(p)
         # A non-finite gradient (an fp16 overflow on one replica) reaches every replica here,
         # so the window's scaler.step skips on all of them alike.
-        _all_reduce_mean([p.grad for p in params if p.grad is not None], ddp.process_group)
+        _all_reduce_grads(params, ddp.process_group)
         if ddp.broadcast_buffers:
             _broadcast_buffers(ddp)  # DDP skips it before forwards under no_sync
     return loss.detach()

@@ -44,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..optim import PerturbedOptimizer, ascent_pass, bn_stats_frozen
 from ..optim.perturbed import grads_finite, warn_skipped
-from ..optim.step import _all_reduce_mean, _any_rank, _batch_len, _broadcast_buffers
+from ..optim.step import _all_reduce_grads, _any_rank, _batch_len, _broadcast_buffers
 from ..optim import compat
 
 __all__ = ["PerturbedPrecision", "PerturbedMixedPrecision", "perturbed_precision"]
@@ -179,11 +179,8 @@ def _finish_window(plugin: "_FamilyPlugin", optimizer: PerturbedOptimizer, model
         p.grad = g.div_(total)
     if ddp is not None:
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        for p in params:  # identical layouts on every replica for the one flat all-reduce
-            if p.grad is None and p.requires_grad:
-                p.grad = torch.zeros_like(p)
-                acc[p] = p.grad
-        _all_reduce_mean([p.grad for p in params if p.grad is not None], ddp.process_group)
+        _all_reduce_grads(params, ddp.process_group)
+        acc.update({p: p.grad for p in params if p.grad is not None})  # the zero-filled ones too
     if scaled:
         for p in acc:
             p.grad.mul_(scaler.get_scale())  # a power of two: exact, undone by unscale_ below

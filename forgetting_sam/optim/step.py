@@ -214,6 +214,15 @@ def _all_reduce_mean(grads: list[Tensor], group) -> None:
     _per_dtype(grads, mean)
 
 
+def _all_reduce_grads(params: list[Tensor], group) -> None:
+    """Mean ``.grad`` over the replicas in place, one flat all-reduce per dtype; a parameter
+    without a gradient gets zeros first, so every replica reduces identical layouts."""
+    for p in params:
+        if p.grad is None and p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    _all_reduce_mean([p.grad for p in params if p.grad is not None], group)
+
+
 def _broadcast_buffers(model: nn.parallel.DistributedDataParallel) -> None:
     # What DDP itself does before each synced forward (broadcast_buffers=True): rank 0's
     # buffers (BatchNorm running statistics) on every replica. perturbed_step runs every
@@ -476,10 +485,7 @@ def perturbed_step(
             p.grad = g
         torch._foreach_mul_([p.grad for p in acc], 1.0 / total)
     if ddp:
-        for p in params:  # identical layouts on every replica for the one flat all-reduce
-            if p.grad is None and p.requires_grad:
-                p.grad = torch.zeros_like(p)
-        _all_reduce_mean([p.grad for p in params if p.grad is not None], model.process_group)
+        _all_reduce_grads(params, model.process_group)
     if family and not perturb:
         optimizer.reuse_on_plain_step()  # LookSAM's reuse of the last g_v (§10)
     if scaled:
