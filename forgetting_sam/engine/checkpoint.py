@@ -87,10 +87,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             package, or of a newer format. The message names the file and what to do.
     """
     path = Path(path)
+    return _checked(_read(path, map_location), path)
+
+
+def _read(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` (weights only) with a CheckpointError that names the file."""
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
             ValueError, KeyError, AttributeError, UnicodeDecodeError) as e:
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
@@ -98,6 +103,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"checkpoint {path} is truncated or corrupted and was not loaded ({reason[:200]}). "
             "Resume from an earlier copy, or start over with --overwrite."
         ) from None
+
+
+def _checked(state: Any, path: Path) -> dict[str, Any]:
+    """``state`` if it is a complete checkpoint of a format this package reads."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a forgetting_sam checkpoint (holds a {type(state).__name__})")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -148,9 +157,10 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> tuple[li
         >>> skipped
         ['fc.weight', 'fc.bias']
     """
-    state = _bare_state_dict(path)
-    if state is None:
-        state = load_checkpoint(path)["model"]
+    path = Path(path).expanduser()
+    state = _read(path)  # read once: a run's checkpoint also holds the optimizer's state
+    if not _is_bare_state_dict(state):
+        state = _checked(state, path)["model"]
     own = model.state_dict()
     loaded = [k for k in own if k in state and tuple(state[k].shape) == tuple(own[k].shape)]
     skipped = [k for k in own if k not in loaded]
@@ -160,20 +170,10 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> tuple[li
     return loaded, skipped
 
 
-def _bare_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
-    """The file's tensors when it holds nothing but a ``name -> tensor`` mapping, else None
-    (a run's checkpoint, or anything :func:`load_checkpoint` should judge and explain)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # load_checkpoint reads it again and says what is wrong
-        return None
-    if isinstance(state, dict) and state and all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        return state
-    return None
+def _is_bare_state_dict(state: Any) -> bool:
+    """Whether a loaded file is nothing but a ``name -> tensor`` mapping (torchvision's weights)."""
+    return isinstance(state, dict) and bool(state) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
 
 
 # ------------------------------------------------------------------------------ RNG
